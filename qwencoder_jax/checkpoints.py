@@ -1,0 +1,111 @@
+"""The on-disk form of a model: an orbax composite checkpoint whose items are `params` and `model_config`.
+
+    CKPT_DIR/params/        orbax PyTree checkpoint of the parameter tree (scanned-layer layout)
+    CKPT_DIR/model_config/  the ModelConfig as JSON (orbax JsonSave)
+
+Converted checkpoints are written in this form, and every training checkpoint step directory holds the same two
+items beside the optimizer and data-iterator state, so `load` takes either. Parameters keep the dtype they were
+saved in (a bfloat16 checkpoint stays bfloat16 on disk); `load` casts to the config's `param_dtype`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from qwencoder_jax.model.config import ModelConfig
+from qwencoder_jax.model.transformer import Transformer
+
+PARAMS_ITEM = "params"
+CONFIG_ITEM = "model_config"
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *, overwrite: bool = False) -> Path:
+    """Write params + config as an orbax checkpoint at `directory` (absolute path required by orbax)."""
+    directory = Path(directory).absolute()
+    if directory.exists():
+        if not overwrite:
+            raise FileExistsError(f"checkpoint directory {directory} already exists; pass overwrite=True "
+                                  "or choose a new directory")
+    _checkpointer().save(directory, ocp.args.Composite(**{
+        PARAMS_ITEM: ocp.args.StandardSave(params),
+        CONFIG_ITEM: ocp.args.JsonSave(config.to_dict()),
+    }), force=overwrite)
+    return directory
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A model checkpoint directory from either itself or a directory of numbered steps (the latest step)."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    if (path / PARAMS_ITEM).is_dir():
+        return path
+    for candidate in (path, path / "checkpoints"):
+        steps = sorted((int(p.name), p) for p in candidate.glob("*") if p.is_dir() and re.fullmatch(r"\d+", p.name)
+                       and (p / PARAMS_ITEM).is_dir())
+        if steps:
+            return steps[-1][1]
+    raise FileNotFoundError(f"{path} holds no model checkpoint: expected a '{PARAMS_ITEM}' item, or numbered step "
+                            f"directories containing one")
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    directory = resolve_checkpoint_dir(path)
+    config_dir = directory / CONFIG_ITEM
+    if not config_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint {directory} has no '{CONFIG_ITEM}' item; it was not written by "
+                                "qwencoder_jax (convert it with `python -m qwencoder_jax.convert`)")
+    restored = _checkpointer().restore(directory, ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
+    return ModelConfig.from_dict(restored[CONFIG_ITEM])
+
+
+def load_params(path: str | os.PathLike, dtype: Any | None = None) -> Any:
+    """The parameter tree as stored (numpy-backed jax arrays), optionally cast to `dtype`."""
+    directory = resolve_checkpoint_dir(path)
+    restored = _checkpointer().restore(directory, ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore()}))
+    params = restored[PARAMS_ITEM]
+    if dtype is not None:
+        params = jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
+    return params
+
+
+def load(path: str | os.PathLike, **config_overrides: Any) -> tuple[Transformer, Any]:
+    """(model, params) from a checkpoint, ready for `model.apply({'params': params}, input_ids)`.
+
+    `path` is a converted checkpoint, a training step directory, or a run's workdir (its latest step).
+    Config overrides change execution only (e.g. attention_backend="splash", compute_dtype="bfloat16",
+    scan_layers=False); params are cast to the resulting `param_dtype` and re-laid for unscanned layers.
+    """
+    config = load_config(path).replace(**config_overrides)
+    params = load_params(path, dtype=jnp.dtype(config.param_dtype))
+    if not config.scan_layers:
+        params = unstack_layers(params, config.num_layers)
+    return Transformer(config), params
+
+
+def unstack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """Scanned layout (`layers/...` with a leading layer axis) -> unrolled (`layers_0/...`, `layers_1/...`)."""
+    params = dict(params)
+    stacked = params.pop("layers")
+    for i in range(num_layers):
+        params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return params
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """Unrolled layout -> scanned layout; the inverse of `unstack_layers`."""
+    params = dict(params)
+    layers = [params.pop(f"layers_{i}") for i in range(num_layers)]
+    params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return params

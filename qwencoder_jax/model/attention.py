@@ -1,0 +1,91 @@
+"""Grouped-query self-attention with q/k/v bias, and the attention backends behind one option.
+
+Backends compute softmax(q k^T / sqrt(e)) v under a causal, segment-aware mask and agree to float32
+rounding; they differ only in how:
+  xla    plain einsums and a float32 softmax; the reference the others are tested against.
+  splash the Pallas TPU splash-attention kernel (`qwencoder_jax.kernels.splash`; Pallas interpret mode on CPU).
+  cudnn  `jax.nn.dot_product_attention` with the cuDNN fused kernel on GPU (XLA's implementation elsewhere).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qwencoder_jax.model.config import ModelConfig
+from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of
+
+
+def attention_mask(segment_ids_bt: jnp.ndarray, kv_segment_ids_bs: jnp.ndarray | None = None) -> jnp.ndarray:
+    """[b, t, s] boolean: key s is visible to query t (causal by row index, same segment)."""
+    kv_segment_ids_bs = segment_ids_bt if kv_segment_ids_bs is None else kv_segment_ids_bs
+    t, s = segment_ids_bt.shape[1], kv_segment_ids_bs.shape[1]
+    causal_ts = jnp.arange(t)[:, None] + (s - t) >= jnp.arange(s)[None, :]
+    same_segment_bts = segment_ids_bt[:, :, None] == kv_segment_ids_bs[:, None, :]
+    return causal_ts[None] & same_segment_bts
+
+
+def xla_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
+    """Reference dot-product attention with grouped heads; scores and softmax in float32."""
+    b, t, h, e = q_bthe.shape
+    k_heads = k_bske.shape[2]
+    q_btkge = q_bthe.reshape(b, t, k_heads, h // k_heads, e)
+    scores_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske, preferred_element_type=jnp.float32)
+    scores_bkgts = scores_bkgts / jnp.sqrt(jnp.float32(e))
+    mask_bts = attention_mask(segment_ids_bt)
+    scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
+    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1)
+    out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts.astype(v_bske.dtype), v_bske)
+    return out_btkge.reshape(b, t, h, e)
+
+
+def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
+    """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA's implementation on other platforms."""
+    implementation = "cudnn" if jax.default_backend() == "gpu" else None
+    mask_b1ts = attention_mask(segment_ids_bt)[:, None]
+    return jax.nn.dot_product_attention(q_bthe, k_bske, v_bske, mask=mask_b1ts, implementation=implementation)
+
+
+def attend(config: ModelConfig, q_bthe, k_bske, v_bske, segment_ids_bt):
+    if config.attention_backend == "xla":
+        return xla_attention(q_bthe, k_bske, v_bske, segment_ids_bt)
+    if config.attention_backend == "cudnn":
+        return cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt)
+    if config.attention_backend == "splash":
+        from qwencoder_jax.kernels import splash  # imported lazily: Pallas is only needed by this backend
+        return splash.splash_attention(q_bthe, k_bske, v_bske, segment_ids_bt,
+                                       block_size=config.splash_block_size)
+    raise ValueError(f"unknown attention_backend {config.attention_backend!r}")
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, segment_ids_bt, cos_bte, sin_bte):
+        cfg = self.config
+        compute, param = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
+
+        def projection(name, heads, heads_axis):
+            return nn.DenseGeneral(
+                (heads, cfg.head_dim), use_bias=cfg.attention_bias, dtype=compute, param_dtype=param,
+                kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", heads_axis, "head_dim")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (heads_axis, "head_dim")),
+                name=name)
+
+        q_bthe = projection("q_proj", cfg.num_heads, "q_heads")(x_btd)
+        k_bske = projection("k_proj", cfg.num_kv_heads, "kv_heads")(x_btd)
+        v_bske = projection("v_proj", cfg.num_kv_heads, "kv_heads")(x_btd)
+        q_bthe = apply_rope(q_bthe, cos_bte, sin_bte)
+        k_bske = apply_rope(k_bske, cos_bte, sin_bte)
+        q_bthe = nn.with_logical_constraint(q_bthe, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        k_bske = nn.with_logical_constraint(k_bske, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        v_bske = nn.with_logical_constraint(v_bske, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+
+        out_bthe = attend(cfg, q_bthe, k_bske, v_bske, segment_ids_bt)
+
+        return nn.DenseGeneral(
+            cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=compute, param_dtype=param,
+            kernel_init=nn.with_logical_partitioning(dense_init(), ("q_heads", "head_dim", "embed")),
+            name="o_proj")(out_bthe)

@@ -1,0 +1,138 @@
+"""The Qwen2 decoder-only transformer (Flax linen).
+
+    model = Transformer(get_preset("qwen2.5-coder-0.5b"))
+    logits_btv = model.apply({"params": params}, input_ids_bt)                   # one document per row
+    logits_btv = model.apply({"params": params}, input_ids_bt, segment_ids_bt, positions_bt)   # packed rows
+
+Parameter tree (scanned layers stack a leading [num_layers] axis; unrolled ones are `layers_0`, `layers_1`...):
+    embed/embedding [v, d]
+    layers/{input_norm, post_attention_norm}/scale [d]
+    layers/attention/{q,k,v}_proj/{kernel [d, heads, e], bias [heads, e]}, o_proj/kernel [h, e, d]
+    layers/mlp/{gate_proj, up_proj}/kernel [d, f], down_proj/kernel [f, d]
+    final_norm/scale [d]
+    lm_head/kernel [d, v]           (untied models only; tied models reuse embed/embedding)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qwencoder_jax.model.attention import Attention
+from qwencoder_jax.model.config import ModelConfig
+from qwencoder_jax.model.layers import MLP, RMSNorm, dense_init, dtype_of, rope_cos_sin
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, segment_ids_bt, cos_bte, sin_bte):
+        cfg = self.config
+        param = dtype_of(cfg.param_dtype)
+        x_btd = nn.with_logical_constraint(x_btd, ("act_batch", "act_length", "act_embed"))
+        h_btd = RMSNorm(cfg.rms_norm_eps, param, name="input_norm")(x_btd)
+        x_btd = x_btd + Attention(cfg, name="attention")(h_btd, segment_ids_bt, cos_bte, sin_bte)
+        h_btd = RMSNorm(cfg.rms_norm_eps, param, name="post_attention_norm")(x_btd)
+        x_btd = x_btd + MLP(cfg, name="mlp")(h_btd)
+        return x_btd, None  # the (carry, output) form nn.scan wants
+
+
+def _layer_class(config: ModelConfig):
+    if config.remat_policy == "none":
+        return DecoderLayer
+    return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers)
+
+
+class Embed(nn.Module):
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(dense_init(), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.hidden_size), dtype_of(cfg.param_dtype))
+
+    def __call__(self, input_ids_bt):
+        return jnp.take(self.embedding, input_ids_bt, axis=0).astype(dtype_of(self.config.compute_dtype))
+
+    def attend(self, x_btd):
+        table_vd = self.embedding.astype(x_btd.dtype)
+        return jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
+
+
+class LMHead(nn.Module):
+    """The output projection of untied models; logits come out in float32 whatever the compute dtype."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd):
+        cfg = self.config
+        kernel_dv = self.param("kernel", nn.with_logical_partitioning(dense_init(), ("embed", "vocab")),
+                               (cfg.hidden_size, cfg.vocab_size), dtype_of(cfg.param_dtype))
+        return jnp.einsum("btd,dv->btv", x_btd, kernel_dv.astype(x_btd.dtype), preferred_element_type=jnp.float32)
+
+
+class Transformer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids_bt, segment_ids_bt=None, positions_bt=None):
+        """Float32 logits [b, t, v]. Without segment ids each row is one document starting at position 0.
+
+        segment_ids_bt: documents of a packed row (equal ids attend to each other; 0 is padding by convention).
+        positions_bt: each token's position inside its document (restarts at 0 for each packed document).
+        """
+        cfg = self.config
+        input_ids_bt = jnp.asarray(input_ids_bt)
+        if input_ids_bt.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids_bt.shape}")
+        if not jnp.issubdtype(input_ids_bt.dtype, jnp.integer):
+            raise ValueError(f"input_ids must be integers, got {input_ids_bt.dtype}")
+        if segment_ids_bt is None:
+            segment_ids_bt = jnp.ones_like(input_ids_bt, dtype=jnp.int32)
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(input_ids_bt.shape[1], dtype=jnp.int32), input_ids_bt.shape)
+
+        embed = Embed(cfg, name="embed")
+        x_btd = embed(input_ids_bt)
+        cos_bte, sin_bte = rope_cos_sin(cfg, positions_bt)
+
+        if cfg.scan_layers:
+            layers = nn.scan(_layer_class(cfg), variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                             metadata_params={nn.PARTITION_NAME: "layers"})
+            x_btd, _ = layers(cfg, name="layers")(x_btd, segment_ids_bt, cos_bte, sin_bte)
+        else:
+            layer_class = _layer_class(cfg)
+            for i in range(cfg.num_layers):
+                x_btd, _ = layer_class(cfg, name=f"layers_{i}")(x_btd, segment_ids_bt, cos_bte, sin_bte)
+
+        x_btd = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), name="final_norm")(x_btd)
+        if cfg.tie_embeddings:
+            logits_btv = embed.attend(x_btd)
+        else:
+            logits_btv = LMHead(cfg, name="lm_head")(x_btd)
+        return nn.with_logical_constraint(logits_btv, ("act_batch", "act_length", "act_vocab"))
+
+
+def init_params(config: ModelConfig, rng: jax.Array, sequence_length: int = 8) -> dict[str, Any]:
+    """Random parameters (unboxed from their logical-axis metadata)."""
+    ids = jnp.zeros((1, sequence_length), jnp.int32)
+    variables = Transformer(config).init(rng, ids)
+    return nn.meta.unbox(variables)["params"]
+
+
+def abstract_params(config: ModelConfig, sequence_length: int = 8):
+    """Parameter shapes and dtypes without allocating them (for big presets and memory estimates)."""
+    return jax.eval_shape(lambda rng: init_params(config, rng, sequence_length), jax.random.key(0))
