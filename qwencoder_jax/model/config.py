@@ -118,18 +118,16 @@ class ModelConfig:
     def flops_per_token(self, sequence_length: int, training: bool = True) -> float:
         """Model FLOPs per token (the MFU numerator): 2 per multiply-add, backward = 2x forward.
 
-        Counts every matmul including the output head and the attention scores (causal: half of T^2),
-        excludes the embedding lookup, norms and elementwise work.
+        Counts every matmul: the layers' projections, the output head (tied or not: it is a matmul either way)
+        and the attention scores and values under the causal mask (on average T/2 keys per query).
+        Excludes the embedding lookup, norms, rotary and elementwise work, and any rematerialised recompute.
         """
-        matmul_params = self.num_params(include_embeddings=False) - self.num_layers * 2 * self.hidden_size
-        matmul_params -= self.hidden_size
-        if self.attention_bias:
-            matmul_params -= self.num_layers * (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        dense = 2 * matmul_params
-        # q.k and p.v: 2 matmuls x 2 flops x heads x head_dim x (T/2 keys on average under the causal mask)
-        attention = self.num_layers * 2 * 2 * self.num_heads * self.head_dim * sequence_length / 2
-        forward = dense + attention
-        return forward * (3 if training else 1)
+        d, f, e = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_heads * e, self.num_kv_heads * e
+        layer_matmul_params = d * q + 2 * d * kv + q * d + 3 * d * f
+        dense = 2 * (self.num_layers * layer_matmul_params + self.vocab_size * d)
+        attention = self.num_layers * 2 * 2 * q * sequence_length / 2
+        return (dense + attention) * (3 if training else 1)
 
 
 def _qwen(hidden, layers, heads, kv_heads, intermediate, tied) -> ModelConfig:
