@@ -40,11 +40,28 @@ def xla_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
     return out_btkge.reshape(b, t, h, e)
 
 
+# q/k/v dtypes cuDNN's fused attention takes (jax/_src/cudnn/fused_attention_stablehlo.py: check_layout).
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
 def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
-    """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA's implementation on other platforms."""
-    implementation = "cudnn" if jax.default_backend() == "gpu" else None
-    mask_b1ts = attention_mask(segment_ids_bt)[:, None]
-    return jax.nn.dot_product_attention(q_bthe, k_bske, v_bske, mask=mask_b1ts, implementation=implementation)
+    """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA's implementation on other platforms.
+
+    Causality goes in as `is_causal` (cuDNN's own causal mask type, which skips the blocks above the diagonal)
+    and segments as a boolean [b, 1, t, s] same-segment mask, which jax turns into an additive bias for cuDNN.
+    That is the route `jax.nn.dot_product_attention` offers for packed rows; the bias costs b * t * s values of
+    memory traffic. cuDNN's packed-sequence layout (q/kv offsets, Hopper and cuDNN >= 9.6) would avoid it but is
+    only reachable through jax's private cuDNN module. GQA shapes go in unrepeated on both paths.
+
+    On GPU, cuDNN takes only bfloat16/float16 q/k/v and, when training with a bias, even sequence lengths.
+    """
+    on_gpu = jax.default_backend() == "gpu"
+    if on_gpu and q_bthe.dtype not in CUDNN_DTYPES:
+        raise ValueError(f"attention_backend='cudnn' needs bfloat16 or float16 activations (cuDNN's fused attention "
+                         f"takes no {q_bthe.dtype}); set compute_dtype='bfloat16' or use attention_backend='xla'")
+    same_segment_b1ts = (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q_bthe, k_bske, v_bske, mask=same_segment_b1ts, is_causal=True,
+                                        implementation="cudnn" if on_gpu else None)
 
 
 def attend(config: ModelConfig, q_bthe, k_bske, v_bske, segment_ids_bt):
