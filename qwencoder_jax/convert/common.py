@@ -1,0 +1,163 @@
+"""What every converter shares: the error type, and the one table between Hugging Face tensor names and our tree.
+
+Every source format is brought to Hugging Face's tensor names and layouts first (a GGUF file is renamed and its
+Llama Q/K rows un-permuted), so the mapping onto our parameter tree is written once, here:
+
+    HF name                                          HF shape        our path                          our shape
+    model.embed_tokens.weight                        [v, d]          embed/embedding                   [v, d]
+    model.layers.{i}.input_layernorm.weight          [d]             layers/input_norm/scale           [L, d]
+    model.layers.{i}.self_attn.q_proj.weight         [h*e, d]        layers/attention/q_proj/kernel    [L, d, h, e]
+    model.layers.{i}.self_attn.q_proj.bias           [h*e]           layers/attention/q_proj/bias      [L, h, e]
+    (k_proj, v_proj the same with k heads)
+    model.layers.{i}.self_attn.o_proj.weight         [d, h*e]        layers/attention/o_proj/kernel    [L, h, e, d]
+    model.layers.{i}.post_attention_layernorm.weight [d]             layers/post_attention_norm/scale  [L, d]
+    model.layers.{i}.mlp.{gate,up}_proj.weight       [f, d]          layers/mlp/{gate,up}_proj/kernel  [L, d, f]
+    model.layers.{i}.mlp.down_proj.weight            [d, f]          layers/mlp/down_proj/kernel       [L, f, d]
+    model.norm.weight                                [d]             final_norm/scale                  [d]
+    lm_head.weight                                   [v, d]          lm_head/kernel                    [d, v]  (untied)
+
+The maps are transposes and reshapes only, so values (and dtypes) pass through bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from qwencoder_jax.model.config import ModelConfig
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message names the file (and tensor) and what to do."""
+
+
+def check_output_dir(directory, overwrite: bool) -> None:
+    """Fail before reading gigabytes rather than after."""
+    if Path(directory).exists() and not overwrite:
+        raise ConversionError(f"{directory} already exists; choose a new directory or pass overwrite=True "
+                              "(--overwrite)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    hf_name: str  # "{i}" stands for the layer index in per-layer rules
+    path: tuple[str, ...]  # inside `layers` for per-layer rules, from the root otherwise
+    hf_shape: tuple[int, ...]
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _identity(x):
+    return x
+
+
+def _transpose(x):
+    return x.T
+
+
+def layer_rules(config: ModelConfig) -> list[TensorRule]:
+    d, e, f = config.hidden_size, config.head_dim, config.intermediate_size
+    rules = [
+        TensorRule("model.layers.{i}.input_layernorm.weight", ("input_norm", "scale"), (d,), _identity, _identity),
+        TensorRule("model.layers.{i}.post_attention_layernorm.weight", ("post_attention_norm", "scale"), (d,),
+                   _identity, _identity),
+    ]
+    for name, heads in (("q_proj", config.num_heads), ("k_proj", config.num_kv_heads),
+                        ("v_proj", config.num_kv_heads)):
+        # HF rows are (head, head_dim) flattened head-major, which is exactly our [heads, e] after a transpose.
+        rules.append(TensorRule(f"model.layers.{{i}}.self_attn.{name}.weight", ("attention", name, "kernel"),
+                                (heads * e, d), lambda x, h=heads: x.T.reshape(d, h, e),
+                                lambda x, h=heads: x.reshape(d, h * e).T))
+        if config.attention_bias:
+            rules.append(TensorRule(f"model.layers.{{i}}.self_attn.{name}.bias", ("attention", name, "bias"),
+                                    (heads * e,), lambda x, h=heads: x.reshape(h, e), lambda x: x.reshape(-1)))
+    h = config.num_heads
+    rules += [
+        TensorRule("model.layers.{i}.self_attn.o_proj.weight", ("attention", "o_proj", "kernel"), (d, h * e),
+                   lambda x: x.T.reshape(h, e, d), lambda x: x.reshape(h * e, d).T),
+        TensorRule("model.layers.{i}.mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), (f, d),
+                   _transpose, _transpose),
+        TensorRule("model.layers.{i}.mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), (f, d),
+                   _transpose, _transpose),
+        TensorRule("model.layers.{i}.mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), (d, f),
+                   _transpose, _transpose),
+    ]
+    return rules
+
+
+def global_rules(config: ModelConfig) -> list[TensorRule]:
+    v, d = config.vocab_size, config.hidden_size
+    rules = [
+        TensorRule("model.embed_tokens.weight", ("embed", "embedding"), (v, d), _identity, _identity),
+        TensorRule("model.norm.weight", ("final_norm", "scale"), (d,), _identity, _identity),
+    ]
+    if not config.tie_embeddings:
+        rules.append(TensorRule("lm_head.weight", ("lm_head", "kernel"), (v, d), _transpose, _transpose))
+    return rules
+
+
+def expected_hf_names(config: ModelConfig) -> list[str]:
+    names = [rule.hf_name for rule in global_rules(config)]
+    for i in range(config.num_layers):
+        names += [rule.hf_name.format(i=i) for rule in layer_rules(config)]
+    return names
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def params_from_hf(config: ModelConfig, read: Callable[[str, tuple[int, ...]], np.ndarray]) -> dict[str, Any]:
+    """Our scanned parameter tree from `read(hf_name, expected_hf_shape)`, which raises ConversionError itself
+    (it knows the file) when a tensor is missing or has another shape."""
+    params: dict[str, Any] = {}
+    for rule in global_rules(config):
+        _set(params, rule.path, np.ascontiguousarray(rule.to_ours(read(rule.hf_name, rule.hf_shape))))
+    layers: dict[str, Any] = {}
+    for rule in layer_rules(config):
+        per_layer = [rule.to_ours(read(rule.hf_name.format(i=i), rule.hf_shape)) for i in range(config.num_layers)]
+        _set(layers, rule.path, np.stack(per_layer))
+    params["layers"] = layers
+    return params
+
+
+def hf_from_params(config: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """HF-named tensors (contiguous numpy, stored dtype kept) from our scanned parameter tree."""
+    tensors: dict[str, np.ndarray] = {}
+
+    def fetch(path, expected_shape, where):
+        try:
+            value = np.asarray(_get(params, path))
+        except (KeyError, TypeError):
+            raise ConversionError(f"{where}: parameter '{'/'.join(path)}' is missing from the checkpoint; it does "
+                                  "not match its model_config") from None
+        if value.shape != expected_shape:
+            raise ConversionError(f"{where}: parameter '{'/'.join(path)}' has shape {value.shape}, expected "
+                                  f"{expected_shape} from the checkpoint's model_config")
+        return value
+
+    def ours_shape(rule):
+        return rule.to_ours(np.empty(rule.hf_shape, np.int8)).shape
+
+    globals_ = {rule.hf_name: rule.to_hf(fetch(rule.path, ours_shape(rule), "params"))
+                for rule in global_rules(config)}
+    stacked = [(rule, fetch(("layers",) + rule.path, (config.num_layers,) + ours_shape(rule), "params"))
+               for rule in layer_rules(config)]
+    # Embedding first, then layer by layer, so that shards split at layer boundaries as published ones do.
+    tensors["model.embed_tokens.weight"] = globals_.pop("model.embed_tokens.weight")
+    for i in range(config.num_layers):
+        for rule, values in stacked:
+            tensors[rule.hf_name.format(i=i)] = rule.to_hf(values[i])
+    tensors.update(globals_)
+    return {name: np.ascontiguousarray(value) for name, value in tensors.items()}
