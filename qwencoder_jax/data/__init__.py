@@ -1,0 +1,1 @@
+"""Data into the model: vocabularies, FIM and repo-level formats (DESIGN.md, "Formats that must be exact")."""
