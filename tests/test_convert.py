@@ -364,7 +364,7 @@ def smollm2(tmp_path_factory):
     return path, ckpt_dir
 
 
-def test_smollm2_gguf_matches_transformers_and_generates(smollm2):
+def test_smollm2_gguf_matches_transformers_and_generates(smollm2, capsys):
     path, ckpt_dir = smollm2
     config = qwencoder_jax.load_config(ckpt_dir)
     assert (config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads, config.vocab_size) == \
@@ -386,7 +386,8 @@ def test_smollm2_gguf_matches_transformers_and_generates(smollm2):
 
     new_tokens = 16
     generated = greedy_by_full_forward(model, params, prompt_ids, new_tokens)
-    print(f"SmolLM2 (ours) greedy continuation of {prompt!r}:\n{prompt}{tokenizer.decode(generated)}")
+    with capsys.disabled():  # shown in the test log of every run, not only on failure
+        print(f"\nSmolLM2-135M (ours) greedy continuation of {prompt!r}:\n{prompt}{tokenizer.decode(generated)}")
     # transformers' greedy continuation, by the same loop (its first `generate` call spends ~20 s warming up here).
     theirs = list(prompt_ids)
     with torch.no_grad():
