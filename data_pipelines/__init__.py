@@ -1,0 +1,1 @@
+"""Raw sources -> cleaned, deduplicated, decontaminated shards (see README.md and FORMAT.md)."""
