@@ -80,6 +80,15 @@ def load_params(path: str | os.PathLike, dtype: Any | None = None) -> Any:
     return params
 
 
+def load_params_sharded(path: str | os.PathLike, target: Any) -> Any:
+    """The parameter tree restored straight into a layout: `target` is a matching tree of jax.ShapeDtypeStruct
+    with `.sharding` set (e.g. from qwencoder_jax.train.step.state_shardings). Each process reads only the shards
+    its devices hold, which is what multi-host runs need (no host materialises the whole model)."""
+    directory = resolve_checkpoint_dir(path)
+    restored = _checkpointer().restore(directory, ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
+    return restored[PARAMS_ITEM]
+
+
 def load(path: str | os.PathLike, **config_overrides: Any) -> tuple[Transformer, Any]:
     """(model, params) from a checkpoint, ready for `model.apply({'params': params}, input_ids)`.
 

@@ -3,18 +3,22 @@
 Backends compute softmax(q k^T / sqrt(e)) v under a causal, segment-aware mask and agree to float32
 rounding; they differ only in how:
   xla    plain einsums and a float32 softmax; the reference the others are tested against.
-  splash the Pallas TPU splash-attention kernel (`qwencoder_jax.kernels.splash`; Pallas interpret mode on CPU).
+  splash the Pallas TPU splash-attention kernel (`qwencoder_jax.kernels.splash`; Pallas interpret mode on CPU),
+         under `shard_map` over the ambient mesh when one is active (`qwencoder_jax.sharding.activate`).
   cudnn  `jax.nn.dot_product_attention` with the cuDNN fused kernel on GPU (XLA's implementation elsewhere).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from qwencoder_jax.model.config import ModelConfig
-from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of
+from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of, with_logical_axes
 
 
 def attention_mask(segment_ids_bt: jnp.ndarray, kv_segment_ids_bs: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -64,15 +68,51 @@ def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
                                         implementation="cudnn" if on_gpu else None)
 
 
+def sharded_splash_attention(config: ModelConfig, q_bthe, k_bske, v_bske, segment_ids_bt):
+    """The per-device splash kernel, under `shard_map` over the ambient mesh when one is active.
+
+    The layout comes from the same logical-axis rules as everything else (`qwencoder_jax.sharding`): batch rows
+    over the batch axes, heads over the tensor axis. Each device then runs the kernel on whole sequences of its
+    own rows and heads, which is all the kernel supports.
+    """
+    from qwencoder_jax.kernels import splash  # imported lazily: Pallas is only needed by this backend
+
+    kernel = functools.partial(splash.splash_attention, block_size=config.splash_block_size)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or mesh.size <= 1:
+        return kernel(q_bthe, k_bske, v_bske, segment_ids_bt)
+    q_spec = nn.logical_to_mesh_axes(("act_batch", "act_length", "act_heads", "act_head_dim"))
+    kv_spec = nn.logical_to_mesh_axes(("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+    length_axes = q_spec[1]
+    if length_axes is not None and _mesh_size(mesh, length_axes) > 1:
+        raise NotImplementedError(
+            f"attention_backend='splash' with the sequence sharded over mesh axes {length_axes} (context "
+            "parallelism) is not implemented; use a mesh with sequence=1 or attention_backend='xla'")
+    for spec, array, what in ((q_spec, q_bthe, "query heads"), (kv_spec, k_bske, "key/value heads")):
+        for dim, name in ((0, "batch"), (2, what)):
+            parts = _mesh_size(mesh, spec[dim])
+            if array.shape[dim] % parts:
+                raise ValueError(f"splash attention under shard_map: {name} ({array.shape[dim]}) is not divisible by "
+                                 f"mesh axes {spec[dim]} (size {parts}); change the mesh or the batch/head counts")
+    segment_spec = jax.sharding.PartitionSpec(q_spec[0], q_spec[1])
+    # check_vma=False: the Pallas call inside has no varying-manual-axes rule; every operand is per-device anyway.
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, segment_spec), out_specs=q_spec,
+                         check_vma=False)(q_bthe, k_bske, v_bske, segment_ids_bt)
+
+
+def _mesh_size(mesh, axes) -> int:
+    if axes is None:
+        return 1
+    return math.prod(mesh.shape[name] for name in ((axes,) if isinstance(axes, str) else axes))
+
+
 def attend(config: ModelConfig, q_bthe, k_bske, v_bske, segment_ids_bt):
     if config.attention_backend == "xla":
         return xla_attention(q_bthe, k_bske, v_bske, segment_ids_bt)
     if config.attention_backend == "cudnn":
         return cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt)
     if config.attention_backend == "splash":
-        from qwencoder_jax.kernels import splash  # imported lazily: Pallas is only needed by this backend
-        return splash.splash_attention(q_bthe, k_bske, v_bske, segment_ids_bt,
-                                       block_size=config.splash_block_size)
+        return sharded_splash_attention(config, q_bthe, k_bske, v_bske, segment_ids_bt)
     raise ValueError(f"unknown attention_backend {config.attention_backend!r}")
 
 
@@ -87,8 +127,8 @@ class Attention(nn.Module):
         def projection(name, heads, heads_axis):
             return nn.DenseGeneral(
                 (heads, cfg.head_dim), use_bias=cfg.attention_bias, dtype=compute, param_dtype=param,
-                kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", heads_axis, "head_dim")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (heads_axis, "head_dim")),
+                kernel_init=with_logical_axes(dense_init(), ("embed", heads_axis, "head_dim")),
+                bias_init=with_logical_axes(nn.initializers.zeros, (heads_axis, "head_dim")),
                 name=name)
 
         q_bthe = projection("q_proj", cfg.num_heads, "q_heads")(x_btd)
@@ -104,5 +144,5 @@ class Attention(nn.Module):
 
         return nn.DenseGeneral(
             cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=compute, param_dtype=param,
-            kernel_init=nn.with_logical_partitioning(dense_init(), ("q_heads", "head_dim", "embed")),
+            kernel_init=with_logical_axes(dense_init(), ("q_heads", "head_dim", "embed")),
             name="o_proj")(out_bthe)

@@ -28,6 +28,28 @@ def dense_init():
     return nn.initializers.normal(stddev=INIT_STDDEV)
 
 
+class LogicalAxes(nn.LogicallyPartitioned):
+    """Logical-axis metadata whose unboxing never pins a sharding.
+
+    flax's DenseGeneral initialises a flat [in, out] kernel, boxes it, and only then reshapes it to its real
+    shape; it also re-runs that initialiser under eval_shape on every apply to check shapes. A box that applied
+    its constraint on unbox would pin the 3-axis spec onto the flat array whenever sharding rules are active.
+    Parameters get their layout from explicit jit in/out shardings instead (qwencoder_jax.sharding.shard_params).
+    """
+
+    def unbox(self, apply_constraint=True):
+        return self.value
+
+
+def with_logical_axes(init_fn, names):
+    """Like nn.with_logical_partitioning, with LogicalAxes boxes (see there why)."""
+
+    def wrapped(*args, **kwargs):
+        return LogicalAxes(init_fn(*args, **kwargs), tuple(names))
+
+    return wrapped
+
+
 class RMSNorm(nn.Module):
     """RMSNorm as Qwen2 computes it: normalise in float32, cast back, then scale."""
 
@@ -110,7 +132,7 @@ class MLP(nn.Module):
         def projection(name, features, axes):
             return nn.DenseGeneral(features, use_bias=False, dtype=dtype_of(cfg.compute_dtype),
                                    param_dtype=dtype_of(cfg.param_dtype),
-                                   kernel_init=nn.with_logical_partitioning(dense_init(), axes), name=name)
+                                   kernel_init=with_logical_axes(dense_init(), axes), name=name)
 
         gate_btf = projection("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x_btd)
         up_btf = projection("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x_btd)

@@ -1,0 +1,188 @@
+"""Run a training stage on TPU slices in GKE: a JobSet (one Job per slice, one pod per TPU host), or xpk.
+
+    python launch/gke.py --name coder7b --image IMAGE --accelerator v5p-256 --num-slices 2 \
+        --stage gin/stages/stage1.gin --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --dry-run
+    python launch/gke.py ... --xpk --cluster CLUSTER --dry-run     # the same run through xpk
+
+--dry-run prints the manifest and the exact commands (kubectl apply / logs / delete, or xpk) and runs nothing.
+The image must hold this checkout installed (e.g. `pip install -e .` and jax[tpu]). GKE's TPU webhook sets
+TPU_WORKER_HOSTNAMES / TPU_WORKER_ID in each pod, which `qwencoder_jax.distributed.initialize()` picks up; for
+Multislice the manifest adds the MEGASCALE_* variables (coordinator = pod 0 of slice 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import subprocess
+import sys
+import tempfile
+from typing import Any, Sequence
+
+import yaml
+
+# accelerator family -> (GKE node selector value, TensorCores per chip in the type's number, chips per host)
+FAMILIES = {
+    "v4": ("tpu-v4-podslice", 2, 4),
+    "v5p": ("tpu-v5p-slice", 2, 4),
+    "v5litepod": ("tpu-v5-lite-podslice", 1, 4),
+    "v6e": ("tpu-v6e-slice", 1, 4),
+}
+# chips -> physical topology for the 3D-torus families (v4, v5p); 2D families use the `2D` table
+TOPOLOGY_3D = {8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8",
+               1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+TOPOLOGY_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+MEGASCALE_PORT = 8080
+
+
+@dataclasses.dataclass(frozen=True)
+class GkeRun:
+    name: str
+    image: str
+    accelerator: str = "v5p-256"
+    num_slices: int = 1
+    stage: str = "gin/stages/stage1.gin"
+    gin_bindings: tuple[str, ...] = ()
+    entry: str = "qwencoder_jax.train"
+    cluster: str | None = None
+    topology: str | None = None
+
+    def family(self) -> tuple[str, int, int]:
+        family = self.accelerator.rsplit("-", 1)[0]
+        if family not in FAMILIES:
+            raise ValueError(f"unknown TPU accelerator {self.accelerator!r}; known families: {sorted(FAMILIES)}")
+        return FAMILIES[family]
+
+    def chips(self) -> int:
+        return int(self.accelerator.rsplit("-", 1)[1]) // self.family()[1]
+
+    def hosts(self) -> int:
+        return max(1, self.chips() // self.family()[2])
+
+    def chips_per_host(self) -> int:
+        return min(self.chips(), self.family()[2])
+
+    def physical_topology(self) -> str:
+        if self.topology:
+            return self.topology
+        table = TOPOLOGY_3D if self.accelerator.startswith(("v4", "v5p")) else TOPOLOGY_2D
+        if self.chips() not in table:
+            raise ValueError(f"no default topology for {self.accelerator} ({self.chips()} chips); pass --topology")
+        return table[self.chips()]
+
+    def train_command(self) -> str:
+        flags = [f"--gin_file={self.stage}"] + [f"--gin.{binding}" for binding in self.gin_bindings]
+        return f"python -m {self.entry} " + " ".join(shlex.quote(flag) for flag in flags)
+
+
+def manifest(run: GkeRun) -> dict[str, Any]:
+    """A JobSet: `num_slices` replicas of an indexed Job with one pod per TPU host of a slice."""
+    env = [{"name": "JAX_PLATFORMS", "value": "tpu"}]
+    if run.num_slices > 1:
+        env += [
+            {"name": "MEGASCALE_COORDINATOR_ADDRESS",
+             "value": f"{run.name}-slice-0-0.{run.name}"},  # pod 0 of job 0, through the JobSet's headless service
+            {"name": "MEGASCALE_NUM_SLICES", "value": str(run.num_slices)},
+            {"name": "MEGASCALE_PORT", "value": str(MEGASCALE_PORT)},
+            {"name": "MEGASCALE_SLICE_ID", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}},
+        ]
+    container = {
+        "name": "train", "image": run.image, "command": ["bash", "-c", run.train_command()], "env": env,
+        "ports": [{"containerPort": MEGASCALE_PORT}, {"containerPort": 8431}],  # megascale, jax coordinator
+        "securityContext": {"privileged": True},
+        "resources": {"limits": {"google.com/tpu": run.chips_per_host()}},
+    }
+    pod = {
+        "metadata": {"annotations": {}},
+        "spec": {
+            "restartPolicy": "Never", "hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet",
+            "nodeSelector": {"cloud.google.com/gke-tpu-accelerator": run.family()[0],
+                             "cloud.google.com/gke-tpu-topology": run.physical_topology()},
+            "containers": [container],
+        },
+    }
+    job = {"parallelism": run.hosts(), "completions": run.hosts(), "completionMode": "Indexed",
+           "backoffLimit": 0, "template": pod}
+    return {
+        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+        "metadata": {"name": run.name,
+                     # one slice per node pool: the pods of a Job must land on one physical slice
+                     "annotations": {"alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"}},
+        "spec": {
+            "failurePolicy": {"maxRestarts": 0},  # any failed pod fails the whole run instead of leaving it hung
+            "replicatedJobs": [{"name": "slice", "replicas": run.num_slices, "template": {"spec": job}}],
+        },
+    }
+
+
+def kubectl_commands(run: GkeRun, manifest_path: str) -> list[list[str]]:
+    selector = f"jobset.sigs.k8s.io/jobset-name={run.name}"
+    return [
+        ["kubectl", "apply", "-f", manifest_path],
+        ["kubectl", "wait", "--for=condition=Ready", "pod", "-l", selector, "--timeout=30m"],
+        ["kubectl", "logs", "-f", "-l", selector, "--prefix", f"--max-log-requests={run.hosts() * run.num_slices}"],
+        ["kubectl", "delete", "jobset", run.name],
+    ]
+
+
+def xpk_commands(run: GkeRun) -> list[list[str]]:
+    if not run.cluster:
+        raise ValueError("--xpk needs --cluster (the GKE cluster xpk created)")
+    return [
+        ["xpk", "workload", "create", f"--cluster={run.cluster}", f"--workload={run.name}",
+         f"--tpu-type={run.accelerator}", f"--num-slices={run.num_slices}", f"--docker-image={run.image}",
+         f"--command={run.train_command()}"],
+        ["xpk", "workload", "list", f"--cluster={run.cluster}", f"--filter-by-job={run.name}"],
+        ["xpk", "workload", "delete", f"--cluster={run.cluster}", f"--workload={run.name}"],
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--accelerator", default="v5p-256")
+    parser.add_argument("--num-slices", type=int, default=1)
+    parser.add_argument("--stage", default="gin/stages/stage1.gin")
+    parser.add_argument("--gin", action="append", default=[])
+    parser.add_argument("--entry", default="qwencoder_jax.train")
+    parser.add_argument("--topology", default=None, help="physical topology, e.g. 4x4x8 (default: from the type)")
+    parser.add_argument("--xpk", action="store_true", help="launch with xpk instead of a JobSet manifest")
+    parser.add_argument("--cluster", default=None)
+    parser.add_argument("--manifest", default=None, help="where to write the manifest (default: a temp file)")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    run = GkeRun(name=args.name, image=args.image, accelerator=args.accelerator, num_slices=args.num_slices,
+                 stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry, cluster=args.cluster,
+                 topology=args.topology)
+    if args.xpk:
+        commands = xpk_commands(run)
+    else:
+        text = yaml.safe_dump(manifest(run), sort_keys=False)
+        path = args.manifest or (f"/tmp/{run.name}-jobset.yaml" if args.dry_run
+                                 else tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False).name)
+        if args.dry_run:
+            print(f"# {path}\n{text}---")
+        else:
+            with open(path, "w") as f:
+                f.write(text)
+        commands = kubectl_commands(run, path)
+    if args.dry_run:
+        for command in commands:
+            print(shlex.join(command))
+        return 0
+    status = 0
+    try:
+        for command in commands[:-1]:
+            status = subprocess.run(command).returncode
+            if status:
+                break
+    finally:
+        subprocess.run(commands[-1])  # always tear down
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

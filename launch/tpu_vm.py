@@ -1,0 +1,187 @@
+"""Run a training stage on Cloud TPU VMs: one slice, or several joined over DCN (Multislice).
+
+    python launch/tpu_vm.py --name coder7b --project P --zone us-east5-a --accelerator v5p-256 \
+        --stage gin/stages/stage1.gin --gin MESH_SHAPE="(1,-1,1,1)" --dry-run
+    python launch/tpu_vm.py ... --num-slices 2 --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2
+
+Steps, each a plain gcloud command (--dry-run prints them, one per line, and runs nothing):
+  1. request the slice(s) as a queued resource (Multislice needs queued resources: --node-count/--node-prefix)
+  2. wait until the queued resource is ACTIVE
+  3. copy a `git archive` of this checkout to every worker of every slice and install it (jax[tpu] pinned)
+  4. run the stage on every worker at once (`queued-resources ssh --node=all --worker=all`); gcloud streams each
+     worker's output. The TPU runtime sets the worker / slice / MEGASCALE_* variables, so
+     `qwencoder_jax.distributed.initialize()` needs no flags there.
+  5. delete the queued resource (and its TPU VMs), also when a step fails, unless --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+JAX_VERSION = "0.10.2"
+REMOTE_DIR = "qwencoder-jax"
+ARCHIVE = "/tmp/qwencoder-jax.tar.gz"
+
+# accelerator family -> (TPU runtime version, TensorCores per chip counted in the type's number, chips per host)
+FAMILIES = {
+    "v4": ("tpu-ubuntu2204-base", 2, 4),
+    "v5p": ("v2-alpha-tpuv5", 2, 4),
+    "v5litepod": ("v2-alpha-tpuv5-lite", 1, 4),
+    "v6e": ("v2-alpha-tpuv6e", 1, 4),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuRun:
+    name: str
+    project: str
+    zone: str
+    accelerator: str = "v5p-256"
+    num_slices: int = 1
+    stage: str = "gin/stages/stage1.gin"
+    gin_bindings: tuple[str, ...] = ()
+    entry: str = "qwencoder_jax.train"
+    runtime_version: str | None = None
+    spot: bool = False
+    keep: bool = False
+
+    def family(self) -> tuple[str, int, int]:
+        family = self.accelerator.rsplit("-", 1)[0]
+        if family not in FAMILIES:
+            raise ValueError(f"unknown TPU accelerator {self.accelerator!r}; known families: {sorted(FAMILIES)}")
+        return (family,) + FAMILIES[family][1:]
+
+    def chips_per_slice(self) -> int:
+        _, cores_per_chip, _ = self.family()
+        return int(self.accelerator.rsplit("-", 1)[1]) // cores_per_chip
+
+    def hosts_per_slice(self) -> int:
+        return max(1, self.chips_per_slice() // self.family()[2])
+
+    def node_names(self) -> list[str]:
+        if self.num_slices == 1:
+            return [self.name]
+        return [f"{self.name}-{i}" for i in range(self.num_slices)]  # what --node-prefix produces
+
+    def gcloud_scope(self) -> list[str]:
+        return [f"--project={self.project}", f"--zone={self.zone}"]
+
+
+def create_commands(run: TpuRun) -> list[list[str]]:
+    runtime = run.runtime_version or FAMILIES[run.family()[0]][0]
+    command = ["gcloud", "compute", "tpus", "queued-resources", "create", run.name, *run.gcloud_scope(),
+               f"--accelerator-type={run.accelerator}", f"--runtime-version={runtime}"]
+    if run.num_slices == 1:
+        command.append(f"--node-id={run.name}")
+    else:
+        command += [f"--node-count={run.num_slices}", f"--node-prefix={run.name}"]
+    if run.spot:
+        command.append("--spot")
+    return [command]
+
+
+def wait_command(run: TpuRun) -> list[str]:
+    return ["gcloud", "compute", "tpus", "queued-resources", "describe", run.name, *run.gcloud_scope(),
+            "--format=value(state.state)"]
+
+
+def copy_and_install_commands(run: TpuRun) -> list[list[str]]:
+    commands = [["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"]]
+    for node in run.node_names():
+        commands.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", ARCHIVE, f"{node}:{ARCHIVE}",
+                         "--worker=all", *run.gcloud_scope()])
+    install = (f"mkdir -p ~/{REMOTE_DIR} && tar -xzf {ARCHIVE} -C ~/{REMOTE_DIR} && cd ~/{REMOTE_DIR} && "
+               f"pip install -q -r requirements.txt 'jax[tpu]=={JAX_VERSION}' && pip install -q -e .")
+    commands.append(remote(run, install))
+    return commands
+
+
+def remote(run: TpuRun, shell_command: str) -> list[str]:
+    """`shell_command` on every worker of every slice, output streamed back by gcloud."""
+    return ["gcloud", "compute", "tpus", "queued-resources", "ssh", run.name, *run.gcloud_scope(), "--node=all",
+            "--worker=all", f"--command={shell_command}"]
+
+
+def run_command(run: TpuRun) -> list[str]:
+    flags = [f"--gin_file={run.stage}"] + [f"--gin.{binding}" for binding in run.gin_bindings]
+    stage = f"cd ~/{REMOTE_DIR} && python -m {run.entry} " + " ".join(shlex.quote(flag) for flag in flags)
+    return remote(run, stage)
+
+
+def delete_command(run: TpuRun) -> list[str]:
+    return ["gcloud", "compute", "tpus", "queued-resources", "delete", run.name, *run.gcloud_scope(), "--force",
+            "--quiet"]
+
+
+def plan(run: TpuRun) -> list[list[str]]:
+    """Every command in order (the wait step appears once: it is polled when run for real)."""
+    return (create_commands(run) + [wait_command(run)] + copy_and_install_commands(run) + [run_command(run)]
+            + ([] if run.keep else [delete_command(run)]))
+
+
+def execute(run: TpuRun, poll_seconds: float = 30.0) -> int:
+    status = 0
+    try:
+        for command in create_commands(run):
+            subprocess.run(command, check=True)
+        while True:
+            state = subprocess.run(wait_command(run), check=True, capture_output=True, text=True).stdout.strip()
+            print(f"[tpu_vm] queued resource {run.name}: {state}", flush=True)
+            if state == "ACTIVE":
+                break
+            if state in ("FAILED", "SUSPENDED"):
+                raise RuntimeError(f"queued resource {run.name} ended in state {state}")
+            time.sleep(poll_seconds)
+        for command in copy_and_install_commands(run):
+            subprocess.run(command, check=True)
+        status = subprocess.run(run_command(run)).returncode
+    except (subprocess.CalledProcessError, RuntimeError) as error:
+        print(f"[tpu_vm] failed: {error}", file=sys.stderr)
+        status = 1
+    finally:
+        if not run.keep:
+            subprocess.run(delete_command(run))
+    return status
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--zone", required=True)
+    parser.add_argument("--accelerator", default="v5p-256")
+    parser.add_argument("--num-slices", type=int, default=1)
+    parser.add_argument("--stage", default="gin/stages/stage1.gin")
+    parser.add_argument("--gin", action="append", default=[], help="gin binding, e.g. MESH_SHAPE='(1,-1,1,1)'")
+    parser.add_argument("--entry", default="qwencoder_jax.train", help="python -m entry point run on each worker")
+    parser.add_argument("--runtime-version", default=None)
+    parser.add_argument("--spot", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="do not delete the TPUs at the end")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
+    args = parser.parse_args(argv)
+    run = TpuRun(name=args.name, project=args.project, zone=args.zone, accelerator=args.accelerator,
+                 num_slices=args.num_slices, stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry,
+                 runtime_version=args.runtime_version, spot=args.spot, keep=args.keep)
+    run.family()  # fail early on an unknown accelerator
+    return run, args.dry_run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run, dry_run = parse(argv)
+    if dry_run:
+        print(f"# {run.num_slices} x {run.accelerator}: {run.chips_per_slice()} chips and "
+              f"{run.hosts_per_slice()} hosts per slice")
+        for command in plan(run):
+            print(shlex.join(command))
+        return 0
+    return execute(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
