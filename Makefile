@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo test test-slow test-all bench bench-data data-stdlib clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,16 @@ test-all: setup
 bench: setup
 	$(PY) benchmarks/model_throughput.py
 	$(PY) benchmarks/model_memory.py
+	$(PY) benchmarks/sharding_step.py
+
+bench-data: setup
+	$(PY) benchmarks/dedup_throughput.py
+	$(PY) benchmarks/filter_throughput.py --repeat 3
+
+# The data pipeline on the Python standard library (file-level code shards and repo-level shards).
+data-stdlib: setup
+	$(PY) -m data_pipelines run --source stdlib --output runs/data/stdlib_code
+	$(PY) -m data_pipelines run --source stdlib --kind code_repo --output runs/data/stdlib_repos
 
 clean:
 	rm -rf $(VENV) .pytest_cache
