@@ -176,6 +176,17 @@ class QwenVocabulary(seqio.Vocabulary):
     def _encode(self, s) -> list[int]:
         return self.encode(s)
 
+    def encode_with_offsets(self, s) -> tuple[list[int], list[int]]:
+        """(ids, start character of each token) of plain text: lets a long document be cut into token windows
+        whose texts partition the document, with one tokeniser pass. Tokens that split one character share its
+        start."""
+        text = _as_text(s)
+        try:
+            encoding = self._text_tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:
+            raise _surrogate_error(text) from None
+        return encoding.ids, [start for start, _ in encoding.offsets]
+
     def encode_batch(self, texts: Sequence, allow_special: bool = False) -> list[list[int]]:
         """`encode` over many texts at once; the Rust side tokenises them in parallel."""
         texts = [_as_text(t) for t in texts]
