@@ -109,3 +109,49 @@ def test_cluster_report_and_representatives():
     assert clusters == [["b", "c", "d"], ["x", "y"]]
     assert dedup.representatives(clusters) == {"c": "b", "d": "b", "y": "x"}
     assert dedup.cluster_report(clusters)[0] == {"representative": "b", "size": 3, "members": ["b", "c", "d"]}
+
+
+def _reference_signatures(texts, config=dedup.MinHashConfig()):
+    """Plain numpy: min over each text's shingles of (a * x + b) mod 2^32."""
+    a, b = dedup._permutations(config.num_permutations, config.seed)
+    shingles, offsets = dedup.shingle_hashes(texts, config.shingle_size)
+    rows = []
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        values = shingles[start:end, None] * a + b
+        rows.append(np.minimum(values.min(axis=0), dedup.EMPTY - 1) if end > start
+                    else np.full(len(a), dedup.EMPTY, dtype=np.uint32))
+    return np.stack(rows)
+
+
+def test_kernels_match_the_plain_definition(monkeypatch):
+    generator = random.Random(3)
+    texts = _planted_pairs(pairs_per_level=2) + [" ".join(_words(generator, 9000)), "", "one two"]
+    expected = _reference_signatures(texts)
+    assert np.array_equal(dedup.minhash_signatures(texts), expected)  # JAX kernel; one text of 2+ pieces
+    monkeypatch.setattr(dedup, "_FORKED_AFTER_JAX", True)  # as in a child forked after JAX started: numpy
+    assert np.array_equal(dedup.minhash_signatures(texts), expected)
+
+
+def test_hash_family_estimates_jaccard_on_random_sets():
+    """(a*x + b) mod 2^32 is not a min-wise independent family; on random 32-bit shingle hashes its estimates
+    should still be unbiased with the binomial spread sqrt(J(1-J)/256) of ideal permutations."""
+    generator = np.random.default_rng(0)
+    a, b = dedup._permutations(256, 1)
+    errors, spreads = [], []
+    for _ in range(400):
+        union = int(generator.integers(20, 600))
+        shared = int(generator.integers(0, union + 1))
+        values = generator.choice(1 << 32, size=union, replace=False).astype(np.uint32)
+        only_first = (union - shared) // 2
+        first, second = values[: shared + only_first], np.concatenate((values[:shared], values[shared + only_first:]))
+        shingles = np.concatenate((first, second))
+        offsets = np.array([0, len(first), len(shingles)])
+        signatures = dedup._signatures_of_shingles(shingles, offsets, a, b)
+        jaccard = shared / union
+        errors.append(dedup.estimated_jaccard(signatures[0], signatures[1]) - jaccard)
+        spreads.append(np.sqrt(jaccard * (1 - jaccard) / 256))
+    errors, spreads = np.array(errors), np.array(spreads)
+    assert abs(errors.mean()) < 0.005
+    assert np.abs(errors).max() < 0.12
+    z = errors[spreads > 0] / spreads[spreads > 0]
+    assert 0.85 < z.std() < 1.15
