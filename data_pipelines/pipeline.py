@@ -193,7 +193,9 @@ def run_local(config: PipelineConfig) -> dict:
     units = [unit for source in config.sources for unit in work_units(source)]
     os.makedirs(config.output_directory, exist_ok=True)
     results: list[UnitResult] = []
-    context = multiprocessing.get_context("fork")
+    # forkserver, not fork: the caller may already run JAX (whose threads do not survive fork), and workers
+    # compute MinHash signatures with JAX; forkserver children start from a clean single-threaded server.
+    context = multiprocessing.get_context("forkserver")
     pool = context.Pool(config.workers, _initialise_worker, (config,)) if config.workers > 1 else None
     try:
         if pool is None:
