@@ -1,7 +1,7 @@
 """Run a training stage on TPU slices in GKE: a JobSet (one Job per slice, one pod per TPU host), or xpk.
 
     python launch/gke.py --name coder7b --image IMAGE --accelerator v5p-256 --num-slices 2 \
-        --stage gin/stages/stage1.gin --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --dry-run
+        --stage gin/stages/stage1_file_level.gin --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --dry-run
     python launch/gke.py ... --xpk --cluster CLUSTER --dry-run     # the same run through xpk
 
 --dry-run prints the manifest and the exact commands (kubectl apply / logs / delete, or xpk) and runs nothing.
@@ -42,7 +42,7 @@ class GkeRun:
     image: str
     accelerator: str = "v5p-256"
     num_slices: int = 1
-    stage: str = "gin/stages/stage1.gin"
+    stage: str = "gin/stages/stage1_file_level.gin"
     gin_bindings: tuple[str, ...] = ()
     entry: str = "qwencoder_jax.train"
     cluster: str | None = None
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image", required=True)
     parser.add_argument("--accelerator", default="v5p-256")
     parser.add_argument("--num-slices", type=int, default=1)
-    parser.add_argument("--stage", default="gin/stages/stage1.gin")
+    parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[])
     parser.add_argument("--entry", default="qwencoder_jax.train")
     parser.add_argument("--topology", default=None, help="physical topology, e.g. 4x4x8 (default: from the type)")

@@ -1,7 +1,7 @@
 """Run a training stage on Cloud TPU VMs: one slice, or several joined over DCN (Multislice).
 
     python launch/tpu_vm.py --name coder7b --project P --zone us-east5-a --accelerator v5p-256 \
-        --stage gin/stages/stage1.gin --gin MESH_SHAPE="(1,-1,1,1)" --dry-run
+        --stage gin/stages/stage1_file_level.gin --gin MESH_SHAPE="(1,-1,1,1)" --dry-run
     python launch/tpu_vm.py ... --num-slices 2 --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2
 
 Steps, each a plain gcloud command (--dry-run prints them, one per line, and runs nothing):
@@ -44,7 +44,7 @@ class TpuRun:
     zone: str
     accelerator: str = "v5p-256"
     num_slices: int = 1
-    stage: str = "gin/stages/stage1.gin"
+    stage: str = "gin/stages/stage1_file_level.gin"
     gin_bindings: tuple[str, ...] = ()
     entry: str = "qwencoder_jax.train"
     runtime_version: str | None = None
@@ -157,7 +157,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     parser.add_argument("--zone", required=True)
     parser.add_argument("--accelerator", default="v5p-256")
     parser.add_argument("--num-slices", type=int, default=1)
-    parser.add_argument("--stage", default="gin/stages/stage1.gin")
+    parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[], help="gin binding, e.g. MESH_SHAPE='(1,-1,1,1)'")
     parser.add_argument("--entry", default="qwencoder_jax.train", help="python -m entry point run on each worker")
     parser.add_argument("--runtime-version", default=None)

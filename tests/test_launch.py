@@ -38,7 +38,7 @@ def test_tpu_vm_single_slice_v5p_256(capsys):
     assert "jax[tpu]==0.10.2" in install[-1]
     assert "--worker=all" in train
     assert train[-1] == ("--command=cd ~/qwencoder-jax && python -m qwencoder_jax.train "
-                         "--gin_file=gin/stages/stage1.gin '--gin.MESH_SHAPE=(1,-1,1,1)'")
+                         "--gin_file=gin/stages/stage1_file_level.gin '--gin.MESH_SHAPE=(1,-1,1,1)'")
     assert delete == ["gcloud", "compute", "tpus", "queued-resources", "delete", "coder", "--project=proj",
                       "--zone=us-east5-a", "--force", "--quiet"]
     assert len(lines) == 8
@@ -89,4 +89,4 @@ def test_gke_two_slices_and_xpk(capsys):
     lines = dry_run_lines(gke, ["--name", "coder", "--image", "img", "--num-slices", "2", "--xpk", "--cluster", "c1"],
                           capsys)
     assert lines[0] == ("xpk workload create --cluster=c1 --workload=coder --tpu-type=v5p-256 --num-slices=2 "
-                        "--docker-image=img '--command=python -m qwencoder_jax.train --gin_file=gin/stages/stage1.gin'")
+                        "--docker-image=img '--command=python -m qwencoder_jax.train --gin_file=gin/stages/stage1_file_level.gin'")

@@ -43,9 +43,10 @@ def adamw(learning_rate: float | optax.Schedule = 3e-4, weight_decay: float = 0.
     return optax.chain(*transforms)
 
 
-def loss_fn(model: nn.Module, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_fn(model: nn.Module, params: Any, batch: dict[str, jax.Array],
+            z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     logits_btv = model.apply({"params": params}, batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
-    return cross_entropy(logits_btv, batch["targets"], batch.get("loss_weights"))
+    return cross_entropy(logits_btv, batch["targets"], batch.get("loss_weights"), z_loss=z_loss)
 
 
 def loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array]):
@@ -53,11 +54,44 @@ def loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array]):
     return jax.value_and_grad(lambda p: loss_fn(model, p, batch), has_aux=True)(params)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Callable:
-    """The pure step function (unjitted, so callers can wrap it: jit, scan for accumulation, ...)."""
+def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array], accumulation_steps: int,
+                               z_loss: float = 0.0):
+    """loss_and_grads over `accumulation_steps` microbatches (a scan over the leading rows), normalised by the
+    loss weight of the whole batch, so the result equals one pass over the batch up to summation order."""
+    rows = batch["input_ids"].shape[0]
+    if rows % accumulation_steps:
+        raise ValueError(f"batch of {rows} rows does not split into {accumulation_steps} microbatches; make the "
+                         "batch size a multiple of accumulation_steps")
+    micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, rows // accumulation_steps, *x.shape[1:]), batch)
+
+    def sums(p, microbatch):
+        _, stats = loss_fn(model, p, microbatch, z_loss)
+        return stats["loss_sum"] + z_loss * stats["z_loss_sum"], stats
+
+    def body(carry, microbatch):
+        grads_sum, stats_sum = carry
+        (_, stats), grads = jax.value_and_grad(sums, has_aux=True)(params, microbatch)
+        return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
+
+    zeros_stats = {"loss_sum": jnp.zeros((), jnp.float32), "z_loss_sum": jnp.zeros((), jnp.float32),
+                   "weight_sum": jnp.zeros((), jnp.float32)}
+    (grads_sum, stats), _ = jax.lax.scan(body, (jax.tree.map(jnp.zeros_like, params), zeros_stats), micro)
+    denominator = jnp.maximum(stats["weight_sum"], 1.0)
+    loss = (stats["loss_sum"] + z_loss * stats["z_loss_sum"]) / denominator
+    return (loss, stats), jax.tree.map(lambda g: g / denominator, grads_sum)
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, accumulation_steps: int = 1,
+                    z_loss: float = 0.0) -> Callable:
+    """The pure step function (unjitted, so callers can wrap it). accumulation_steps > 1 scans over microbatches
+    (one optimizer update per call); z_loss adds the log-normaliser penalty to the loss being minimised."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        (loss, stats), grads = loss_and_grads(model, state.params, batch)
+        if accumulation_steps > 1:
+            (loss, stats), grads = accumulated_loss_and_grads(model, state.params, batch, accumulation_steps, z_loss)
+        else:
+            (loss, stats), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch, z_loss), has_aux=True)(
+                state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": stats["weight_sum"]}
@@ -115,7 +149,7 @@ def batch_shardings(mesh, batch: dict[str, Any], rules=sharding.LOGICAL_AXIS_RUL
 
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh, shardings: TrainState,
                    batch_keys: tuple[str, ...] = ("input_ids", "targets"), rules=sharding.LOGICAL_AXIS_RULES,
-                   donate: bool = True) -> Callable:
+                   donate: bool = True, accumulation_steps: int = 1, z_loss: float = 0.0) -> Callable:
     """The step jitted with explicit in/out shardings; calls run under the mesh and the rules so the model's
     activation constraints and the splash backend's shard_map see them."""
     unknown = sorted(set(batch_keys) - set(BATCH_KEYS))
@@ -124,7 +158,7 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, me
     batch_sharding = {key: sharding.data_sharding(mesh, 2, rules) for key in batch_keys}
     replicated = sharding.replicated(mesh)
     metrics_sharding = {"loss": replicated, "grad_norm": replicated, "tokens": replicated}
-    jitted = jax.jit(make_train_step(model, optimizer), in_shardings=(shardings, batch_sharding),
+    jitted = jax.jit(make_train_step(model, optimizer, accumulation_steps, z_loss), in_shardings=(shardings, batch_sharding),
                      out_shardings=(shardings, metrics_sharding), donate_argnums=(0,) if donate else ())
 
     def step(state: TrainState, batch: dict[str, jax.Array]):

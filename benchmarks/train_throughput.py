@@ -1,0 +1,76 @@
+"""Training tokens/s and MFU of the real train step (forward, backward, clipping, AdamW update) on this machine.
+
+    python benchmarks/train_throughput.py                          # the MaxText reference CPU configuration
+    python benchmarks/train_throughput.py --compute_dtype float32  # compare dtypes / remat on the same machine
+
+The reference configuration (training issue) is preset "maxtext-reference": 2 layers, hidden 256, 4 query heads,
+2 kv heads, head dim 64, MLP 512, vocabulary 32,000, sequence 512, batch 1, bf16 compute, f32 weights, AdamW,
+xla (dot-product) attention; `bash /work/shared/tools/maxtext_reference.sh` measures MaxText on the same one.
+MFU = ModelConfig.flops_per_token x tokens/s / the float32 matmul peak measured at the start of this run.
+The step is train/step.py's jitted train_step with the state donated, on a one-device mesh; timing blocks on the
+returned loss each step. Ends with the line `tokens_per_second=<float> mfu=<float>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from qwencoder_jax import sharding  # noqa: E402
+from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
+from qwencoder_jax.train import step as train_step_lib  # noqa: E402
+from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="maxtext-reference")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--sequence", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--compute_dtype", default=None, choices=["float32", "bfloat16"])
+    parser.add_argument("--remat_policy", default=None)
+    args = parser.parse_args(argv)
+
+    overrides = {k: v for k, v in (("compute_dtype", args.compute_dtype), ("remat_policy", args.remat_policy)) if v}
+    config = get_preset(args.preset, **overrides)
+    print(f"device {common.describe_device()}, jax {jax.__version__}")
+    peak = common.matmul_peak_flops()
+    print(f"reference: float32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048^3, best of 8, this run)", flush=True)
+
+    model = Transformer(config)
+    optimizer = make_optimizer(OptimizerConfig(peak_learning_rate=3e-4, warmup_steps=10, total_steps=1000))
+    mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=1), devices=jax.devices()[:1])
+    state, shardings = train_step_lib.init_train_state(model, optimizer, mesh, jax.random.key(0))
+    step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings)
+    tokens = jax.random.randint(jax.random.key(1), (args.batch, args.sequence + 1), 0, config.vocab_size, jnp.int32)
+    batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
+
+    for _ in range(3):  # compilation + steady state
+        state, metrics = step_fn(state, batch)
+    metrics["loss"].block_until_ready()
+    seconds = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        metrics["loss"].block_until_ready()
+        seconds.append(time.perf_counter() - start)
+    step_seconds = common.median(seconds)
+    tokens_per_second = args.batch * args.sequence / step_seconds
+    mfu = config.flops_per_token(args.sequence, training=True) * tokens_per_second / peak
+    print(f"{args.preset}: batch {args.batch} x sequence {args.sequence}, {config.num_params() / 1e6:.1f}M params, "
+          f"compute {config.compute_dtype}, params {config.param_dtype}, remat {config.remat_policy}, "
+          f"median step {step_seconds * 1e3:.1f} ms over {args.steps} steps, final loss {float(metrics['loss']):.3f}")
+    print(f"tokens_per_second={tokens_per_second:.1f} mfu={mfu:.4f}", flush=True)
+    return {"tokens_per_second": tokens_per_second, "mfu": mfu, "step_seconds": step_seconds, "peak": peak}
+
+
+if __name__ == "__main__":
+    main()

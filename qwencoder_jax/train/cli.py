@@ -1,0 +1,124 @@
+"""The gin entry points of a training run, and the command line that parses them.
+
+    python -m qwencoder_jax.train --gin_file=gin/stages/stage1_file_level.gin --gin_file=gin/cpu/tiny.gin \\
+        --gin.CODE_DIR='"runs/data/code"' --gin.TOTAL_STEPS=100 --workdir=runs/stage1
+
+Gin binds only these top-level constructors: `train` (the run), `model_config` (a preset plus overrides),
+`loader_config`, `optimizer_config`, and the mesh (qwencoder_jax.sharding.mesh_config_from_shape, gin/mesh.gin).
+Every binding is parsed, and every configurable called, before any data is read or any array built: an unknown
+or mistyped name fails with gin's own message first. The operative config lands in WORKDIR/operative_config.gin.
+`--gin.KEY=VALUE` is `KEY = VALUE` in gin syntax (strings need their quotes: --gin.X='"a"').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import gin
+
+from qwencoder_jax import sharding
+from qwencoder_jax.data.loader import LoaderConfig
+from qwencoder_jax.model.config import ModelConfig, get_preset
+from qwencoder_jax.train.optimizer import OptimizerConfig
+from qwencoder_jax.train.trainer import DataSource, TrainerConfig
+
+GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
+
+
+@gin.configurable
+def model_config(preset: str = gin.REQUIRED, rope_theta: float | None = None, compute_dtype: str | None = None,
+                 remat_policy: str | None = None, attention_backend: str | None = None,
+                 overrides: dict | None = None) -> ModelConfig:
+    """A preset by name; the stage sets rope_theta, the machine the execution fields, `overrides` anything else
+    (e.g. {"vocab_size": 151936} for the tiny preset on real data)."""
+    named = {"rope_theta": rope_theta, "compute_dtype": compute_dtype, "remat_policy": remat_policy,
+             "attention_backend": attention_backend}
+    return get_preset(preset, **{k: v for k, v in named.items() if v is not None}, **dict(overrides or {}))
+
+
+@gin.configurable
+def loader_config(sequence_length: int = gin.REQUIRED, batch_size: int = gin.REQUIRED, seed: int = 0,
+                  num_workers: int = 0, read_threads: int = 1) -> LoaderConfig:
+    return LoaderConfig(sequence_length=sequence_length, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                        read_threads=read_threads)
+
+
+def _optimizer_config(**fields: Any) -> OptimizerConfig:
+    return OptimizerConfig(**fields)
+
+
+# The allowlist makes gin check parameter names (a bare **fields would accept typos until the call).
+optimizer_config = gin.configurable("optimizer_config", allowlist=list(OptimizerConfig.__dataclass_fields__))(
+    _optimizer_config)
+
+
+@gin.configurable
+def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.REQUIRED,
+          total_steps: int = gin.REQUIRED, data_sources: Sequence[Sequence[Any]] = (), recipe_groups: dict | None = None,
+          loader: LoaderConfig = gin.REQUIRED, optimizer: OptimizerConfig = gin.REQUIRED,
+          mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
+          log_every: int = 1, init_from: str | None = None, seed: int = 0,
+          inference_overrides: dict | None = None) -> tuple[TrainerConfig, dict]:
+    """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
+    recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
+    inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
+    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them)."""
+    sources = tuple(DataSource(*entry) for entry in data_sources)
+    config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
+                           optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
+                           checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
+                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1))
+    if inference_overrides:
+        model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
+    return config, dict(inference_overrides or {})
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+
+
+def build(workdir: str) -> tuple[TrainerConfig, dict]:
+    """Calls the bound entry point: every configurable runs, every gin.REQUIRED is checked."""
+    return train(workdir=workdir)
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m qwencoder_jax.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later ones win)")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'KEY = VALUE'")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--dry_run", action="store_true", help="parse, bind and write the config; train nothing")
+    args, rest = parser.parse_known_args(list(argv))
+    bindings = list(args.gin_bindings)
+    for item in rest:
+        if not item.startswith("--gin.") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r}; use --gin.KEY=VALUE for gin bindings")
+        key, value = item[len("--gin."):].split("=", 1)
+        bindings.append(f"{key} = {value}")
+    return args, bindings
+
+
+def main(argv: Sequence[str]) -> int:
+    args, bindings = split_arguments(argv)
+    parse(args.gin_file, bindings)
+    config, inference_overrides = build(args.workdir)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "operative_config.gin").write_text(gin.operative_config_str())
+    if inference_overrides:
+        (workdir / "inference_overrides.json").write_text(json.dumps(inference_overrides, indent=2) + "\n")
+    if args.dry_run:
+        print(f"dry run: config written to {workdir / 'operative_config.gin'}")
+        return 0
+    from qwencoder_jax.train.trainer import Trainer
+
+    result = Trainer(config).run()
+    print(f"stopped: {result.stop_reason} at step {result.final_step}; last good checkpoint "
+          f"{result.last_good_checkpoint} in {workdir / 'checkpoints'}")
+    return 0 if result.stop_reason in ("completed", "preempted") else 1

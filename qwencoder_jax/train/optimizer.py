@@ -1,0 +1,91 @@
+"""The optimizer of a run: AdamW, its learning-rate schedule, clipping and the weight-decay mask, from one config.
+
+    config = OptimizerConfig(peak_learning_rate=3e-4, schedule="cosine", warmup_steps=100, total_steps=10_000)
+    optimizer = make_optimizer(config)          # an optax.GradientTransformation for train/step.py
+    schedule = make_schedule(config)            # step -> learning rate, for logging on the host
+
+Mixed precision is the model's business (ModelConfig.compute_dtype = "bfloat16" computes in bf16 while
+param_dtype = "float32" keeps the master weights and so the Adam moments in f32); nothing here casts.
+
+Gradient accumulation is a scan over microbatches inside the train step (step.py, `accumulation_steps`), not
+optax.MultiSteps: one call of the step is then one optimizer update, the loss is normalised by the tokens of the
+whole batch exactly, and the optimizer state holds no extra gradient buffer to checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+SCHEDULES = ("cosine", "wsd", "constant")
+# Parameters whose path holds one of these names are not decayed: norm scales and biases (and nothing else;
+# embeddings and kernels are decayed, as in Qwen/Llama-style recipes).
+NO_DECAY_NAMES = ("bias", "scale", "norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    peak_learning_rate: float = 3e-4
+    schedule: str = "cosine"  # cosine: warmup then cosine to the floor; wsd: warmup, stable, decay; constant
+    warmup_steps: int = 0
+    total_steps: int = 1000  # the schedule's length (cosine reaches its floor here; wsd ends its decay here)
+    final_learning_rate_fraction: float = 0.1  # floor, as a fraction of the peak
+    decay_fraction: float = 0.2  # wsd: the last fraction of total_steps decays linearly to the floor
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0  # global-norm clipping of the gradient; None: no clipping
+    z_loss: float = 0.0  # weight of the log-normaliser penalty (PaLM's z-loss); applied by the train step
+    accumulation_steps: int = 1  # microbatches per update (scan in the step); divides the batch size
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.total_steps < 1 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
+            raise ValueError(f"OptimizerConfig needs 0 <= warmup_steps ({self.warmup_steps}) <= total_steps "
+                             f"({self.total_steps}) and total_steps >= 1")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must lie in [0, 1], got {self.decay_fraction}")
+        if self.accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {self.accumulation_steps}")
+
+
+def make_schedule(config: OptimizerConfig) -> optax.Schedule:
+    peak, warmup, total = config.peak_learning_rate, config.warmup_steps, config.total_steps
+    floor = peak * config.final_learning_rate_fraction
+    if config.schedule == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
+                                    [warmup]) if warmup else optax.constant_schedule(peak)
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=floor)
+    decay_steps = int(round(config.decay_fraction * total))
+    stable_steps = max(total - warmup - decay_steps, 0)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)) if warmup else optax.constant_schedule(peak),
+         optax.constant_schedule(peak),
+         optax.linear_schedule(peak, floor, max(decay_steps, 1))],
+        [warmup, warmup + stable_steps])
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+
+
+def decay_mask(params: Any) -> Any:
+    """True where weight decay applies: every parameter except those whose path names a bias or a norm."""
+    def decayed(path, _):
+        return not any(part in name for name in _path_names(path) for part in NO_DECAY_NAMES)
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """clip_by_global_norm -> AdamW(schedule, masked decay). The gradient norm the step reports is pre-clipping."""
+    transforms = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    transforms.append(optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+                                  weight_decay=config.weight_decay, mask=decay_mask))
+    return optax.chain(*transforms)

@@ -1,0 +1,358 @@
+"""The training loop: data, the jitted step, checkpoints, metrics, signals. Everything impure lives here.
+
+    result = Trainer(TrainerConfig(workdir=..., model=get_preset("tiny"), mixture="stage1_70_20_10", ...)).run()
+
+WORKDIR/
+  checkpoints/<step>/   orbax composite: params, opt_state, model_config (JSON), data (grain iterator), trainer
+                        (JSON: step) -- `qwencoder_jax.checkpoints.load(WORKDIR)` reads the model from it
+  metrics.jsonl         one object per logged step: step, loss, grad_norm, learning_rate, tokens_per_second,
+                        step_time, mfu, tokens (loss-bearing tokens of the step)
+  tensorboard/          event files of the same scalars
+
+Behaviour:
+- Metrics are fetched one step late: step s's metrics are read after step s+1 is dispatched, so the host never
+  waits on the device for logging. Before a checkpoint at step s, s's metrics are read first (one sync every
+  checkpoint_every steps), so a checkpoint is only written from a state known to be finite.
+- NaN/inf loss or gradient norm: the run stops without saving; the result names the step and the last good
+  checkpoint (the one a restart resumes from).
+- SIGTERM (preemption): the current step finishes, a checkpoint is saved and waited for, the run returns cleanly.
+- Resume: the latest checkpoint that restores completely is used (a damaged latest one is reported, the previous
+  one tried); orbax never lists unfinished (temporary) step directories. `init_from` (a model checkpoint or a
+  run's workdir) loads weights only and applies only when the workdir has no checkpoint yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental.multihost_utils import sync_global_devices
+
+from qwencoder_jax import checkpoints, sharding
+from qwencoder_jax.data import fim, loader, tasks
+from qwencoder_jax.model.config import ModelConfig
+from qwencoder_jax.model.transformer import Transformer
+from qwencoder_jax.train import step as step_lib
+from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
+
+log = logging.getLogger("qwencoder_jax.train")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """A dataset directory (FORMAT.md shards + manifest) registered as the task `name` before the loader runs."""
+
+    name: str
+    dataset_dir: str
+    kind: str | None = None  # None: the manifest's kind
+    fim_rate: float = 0.5  # share of code documents (or repositories) turned into FIM samples
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    workdir: str
+    model: ModelConfig
+    mixture: str  # a registered task or mixture name (e.g. "stage1_70_20_10" after register_recipe_mixtures)
+    total_steps: int
+    loader: loader.LoaderConfig = loader.LoaderConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    data_sources: tuple[DataSource, ...] = ()  # registered before the loader is built
+    # Groups for tasks.register_recipe_mixtures: {"code": name or {name: rate}, "text": ..., "math": ..., "repo": ...}.
+    recipe_groups: Any = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    log_every: int = 1
+    init_from: str | None = None
+    mesh: sharding.MeshConfig = sharding.MeshConfig(fsdp=-1)
+    num_devices: int | None = None  # None: every device; else the first num_devices (tests)
+    peak_flops_per_second: float | None = None  # MFU denominator; None: measured once at start (f32 matmul)
+    progress_bar: bool = True
+    debug_nan_at_step: int | None = None  # test hook: the batch of this step gets a NaN loss weight
+
+    def __post_init__(self):
+        if self.total_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"TrainerConfig needs total_steps, checkpoint_every, log_every, keep_checkpoints >= 1; "
+                             f"got {self.total_steps}, {self.checkpoint_every}, {self.log_every}, "
+                             f"{self.keep_checkpoints}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    final_step: int
+    stop_reason: str  # "completed" | "non_finite" | "preempted"
+    resumed_from: int | None
+    last_good_checkpoint: int | None
+    losses: dict[int, float]
+    messages: tuple[str, ...]
+
+
+def register_data(config: TrainerConfig) -> None:
+    for source in config.data_sources:
+        tasks.register_source(source.name, source.dataset_dir, source.kind, fim_config=fim.FimConfig(
+            fim_rate=source.fim_rate, seed=config.seed), max_tokens=config.loader.sequence_length + 1)
+    if config.recipe_groups:
+        groups = dict(config.recipe_groups)
+        tasks.register_recipe_mixtures(groups["code"], groups["text"], groups["math"], groups.get("repo"))
+
+
+def measure_peak_flops(size: int = 1024, repeats: int = 4) -> float:
+    """Best float32 matmul FLOP/s of this device (the MFU denominator, as in benchmarks/common.py)."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+class Trainer:
+    def __init__(self, config: TrainerConfig):
+        self.config = config
+        self.workdir = Path(config.workdir).absolute()
+        self.messages: list[str] = []
+        self._stop_requested = False
+
+    # -- messages -----------------------------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        self.messages.append(message)
+        log.warning(message)
+        print(f"[trainer] {message}", file=sys.stderr, flush=True)
+
+    # -- setup --------------------------------------------------------------------------------------------------
+    def _build(self):
+        config = self.config
+        sizes = (config.mesh.data, config.mesh.fsdp, config.mesh.sequence, config.mesh.tensor)
+        if config.num_devices:
+            devices = jax.devices()[:config.num_devices]
+        elif -1 not in sizes:  # a fully given mesh uses that many devices (e.g. one CPU device of several)
+            devices = jax.devices()[:math.prod(sizes) * config.mesh.num_slices]
+        else:
+            devices = jax.devices()
+        self.mesh = sharding.make_mesh(config.mesh, devices=devices)
+        self.model = Transformer(config.model)
+        self.optimizer = make_optimizer(config.optimizer)
+        self.schedule = make_schedule(config.optimizer)
+        self.abstract_state, self.shardings = step_lib.state_shardings(self.model, self.optimizer, self.mesh)
+        self.step_fn = step_lib.jit_train_step(
+            self.model, self.optimizer, self.mesh, self.shardings, batch_keys=step_lib.BATCH_KEYS,
+            accumulation_steps=config.optimizer.accumulation_steps, z_loss=config.optimizer.z_loss)
+        self.batch_sharding = sharding.data_sharding(self.mesh, 2)
+        options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                               enable_async_checkpointing=config.async_checkpoints, create=True)
+        self.manager = ocp.CheckpointManager(self.workdir / "checkpoints", options=options)
+
+    def _new_iterator(self):
+        return loader.make_iterator(self.config.mixture, self.config.loader)
+
+    def _target(self, tree, shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    def _restore_latest(self):
+        """(state, iterator, step) from the newest checkpoint that restores, or None if none does."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            iterator = self._new_iterator()
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(self._target(self.abstract_state.params, self.shardings.params)),
+                    opt_state=ocp.args.StandardRestore(
+                        self._target(self.abstract_state.opt_state, self.shardings.opt_state)),
+                    data=loader.restore_args(iterator)))
+            except Exception as error:  # a damaged step: report it, move it aside, fall back to the one before
+                aside = self.workdir / "checkpoints" / f"{step}.damaged"
+                self._say(f"checkpoint step {step} in {self.workdir / 'checkpoints'} could not be restored "
+                          f"({type(error).__name__}: {str(error)[:300]}); moved it to {aside.name} and trying "
+                          "the previous one")
+                if jax.process_index() == 0:
+                    # Out of orbax's way (the run will save this step number again), kept for inspection.
+                    (self.workdir / "checkpoints" / str(step)).rename(aside)
+                sync_global_devices(f"damaged checkpoint {step}")
+                self.manager.reload()
+                continue
+            # orbax rebuilds optax's namedtuples as lists; put the values back into the real structure.
+            opt_state = jax.tree.unflatten(jax.tree.structure(self.abstract_state.opt_state),
+                                           jax.tree.leaves(restored["opt_state"]))
+            state = step_lib.TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), self.shardings.step),
+                                        params=restored["params"], opt_state=opt_state)
+            return state, iterator, step
+        return None
+
+    def _fresh_state(self):
+        state, _ = step_lib.init_train_state(self.model, self.optimizer, self.mesh, jax.random.key(self.config.seed))
+        if self.config.init_from:
+            params = checkpoints.load_params_sharded(
+                self.config.init_from, self._target(self.abstract_state.params, self.shardings.params))
+            state = state.replace(params=params)
+            self._say(f"initialised weights from {self.config.init_from} (optimizer and data start fresh)")
+        return state
+
+    def _save(self, step: int, state, iterator) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            model_config=ocp.args.JsonSave(self.config.model.to_dict()),
+            trainer=ocp.args.JsonSave({"step": step, "mixture": self.config.mixture}),
+            data=loader.checkpoint_args(iterator)), force=True)
+
+    def _device_batch(self, batch: dict, step: int) -> dict:
+        batch = dict(batch)
+        weights = batch.pop("loss_mask").astype(np.float32)
+        if self.config.debug_nan_at_step is not None and step + 1 == self.config.debug_nan_at_step:
+            weights = weights.copy()
+            weights[0, 0] = np.nan
+        batch["loss_weights"] = weights
+        return {key: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(batch[key]))
+                for key in step_lib.BATCH_KEYS}
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        register_data(config)
+        self._build()
+        restored = self._restore_latest()
+        if restored is not None:
+            state, iterator, start = restored
+            self._say(f"resumed from checkpoint step {start}")
+            resumed_from = start
+        else:
+            state, iterator, start, resumed_from = self._fresh_state(), self._new_iterator(), 0, None
+        last_good = resumed_from
+        peak = config.peak_flops_per_second or measure_peak_flops()
+        flops_per_token = config.model.flops_per_token(config.loader.sequence_length, training=True)
+        tokens_per_step = config.loader.batch_size * config.loader.sequence_length * jax.process_count()
+
+        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        writer = _SummaryWriter(self.workdir / "tensorboard") if jax.process_index() == 0 else None
+        metrics_file = open(self.workdir / "metrics.jsonl", "a") if jax.process_index() == 0 else None
+        progress = _progress_bar(config, start)
+        losses: dict[int, float] = {}
+        stop_reason, final_step = "completed", start
+        pending = None  # (step, device metrics) not yet read
+        last_time = time.perf_counter()
+
+        def read(step_and_metrics) -> bool:
+            """Reads one step's metrics (blocking on it); logs them; False if they are not finite."""
+            nonlocal last_time
+            step, metrics = step_and_metrics
+            values = {key: float(value) for key, value in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            step_time, last_time = now - last_time, now
+            losses[step] = values["loss"]
+            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                return False
+            if step % config.log_every == 0 or step == config.total_steps:
+                tokens_per_second = tokens_per_step / step_time
+                record = {"step": step, "loss": values["loss"], "grad_norm": values["grad_norm"],
+                          "learning_rate": float(self.schedule(step - 1)), "tokens": values["tokens"],
+                          "tokens_per_second": tokens_per_second, "step_time": step_time,
+                          "mfu": flops_per_token * tokens_per_second / peak}
+                if metrics_file:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                if writer:
+                    writer.scalars(step, {k: v for k, v in record.items() if k != "step"})
+                progress.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
+            return True
+
+        try:
+            for step in range(start, config.total_steps):
+                batch = self._device_batch(next(iterator), step)
+                state, metrics = self.step_fn(state, batch)
+                if pending is not None and not read(pending):
+                    stop_reason, final_step = "non_finite", pending[0]
+                    pending = None
+                    break
+                pending, final_step = (step + 1, metrics), step + 1
+                progress.update(1)
+                if (step + 1) % config.checkpoint_every == 0 or self._stop_requested:
+                    ok = read(pending)
+                    pending = None
+                    if not ok:
+                        stop_reason = "non_finite"
+                        break
+                    self._save(step + 1, state, iterator)
+                    last_good = step + 1
+                if self._stop_requested:
+                    stop_reason = "preempted"
+                    self._say(f"SIGTERM: saved checkpoint step {step + 1} and stopping")
+                    break
+            if pending is not None and not read(pending):
+                stop_reason, final_step = "non_finite", pending[0]
+            elif stop_reason == "completed" and last_good != final_step:
+                self._save(final_step, state, iterator)
+                last_good = final_step
+            if stop_reason == "non_finite":
+                self._say(f"non-finite loss or gradient norm at step {final_step} (loss {losses.get(final_step)}); "
+                          f"stopped without saving; the last good checkpoint is step {last_good}")
+            self.manager.wait_until_finished()
+        finally:
+            progress.close()
+            if metrics_file:
+                metrics_file.close()
+            if writer:
+                writer.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+            self.manager.close()
+            if hasattr(iterator, "close"):
+                iterator.close()
+        return TrainResult(final_step=final_step, stop_reason=stop_reason, resumed_from=resumed_from,
+                           last_good_checkpoint=last_good, losses=losses, messages=tuple(self.messages))
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop_requested = True
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _SummaryWriter:
+    """TensorBoard scalars through flax's writer (imported lazily: it imports TensorFlow)."""
+
+    def __init__(self, directory: Path):
+        from flax.metrics import tensorboard
+
+        self._writer = tensorboard.SummaryWriter(str(directory))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._writer.scalar(name, value, step)
+
+    def close(self) -> None:
+        self._writer.flush()
+        self._writer.close()
+
+
+class _NoProgress:
+    def update(self, n=1): pass
+
+    def set_postfix(self, **kwargs): pass
+
+    def close(self): pass
+
+
+def _progress_bar(config: TrainerConfig, start: int):
+    if not config.progress_bar or jax.process_index() != 0:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=config.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
