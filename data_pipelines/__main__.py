@@ -13,7 +13,6 @@ archive, stack_jsonl, jsonl, parquet, plain (default directory) and KIND code_fi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 

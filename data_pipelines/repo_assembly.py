@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import heapq
-import posixpath
 import re
 from typing import Iterable, Sequence
 

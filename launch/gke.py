@@ -22,13 +22,11 @@ from typing import Any, Sequence
 
 import yaml
 
-# accelerator family -> (GKE node selector value, TensorCores per chip in the type's number, chips per host)
-FAMILIES = {
-    "v4": ("tpu-v4-podslice", 2, 4),
-    "v5p": ("tpu-v5p-slice", 2, 4),
-    "v5litepod": ("tpu-v5-lite-podslice", 1, 4),
-    "v6e": ("tpu-v6e-slice", 1, 4),
-}
+from tpu_slices import SliceType, stage_command  # launch/ is the script directory
+
+# accelerator family -> GKE node selector value (slice geometry: tpu_slices.py)
+NODE_SELECTORS = {"v4": "tpu-v4-podslice", "v5p": "tpu-v5p-slice", "v5litepod": "tpu-v5-lite-podslice",
+                  "v6e": "tpu-v6e-slice"}
 # chips -> physical topology for the 3D-torus families (v4, v5p); 2D families use the `2D` table
 TOPOLOGY_3D = {8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8",
                1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
@@ -48,32 +46,21 @@ class GkeRun:
     cluster: str | None = None
     topology: str | None = None
 
-    def family(self) -> tuple[str, int, int]:
-        family = self.accelerator.rsplit("-", 1)[0]
-        if family not in FAMILIES:
-            raise ValueError(f"unknown TPU accelerator {self.accelerator!r}; known families: {sorted(FAMILIES)}")
-        return FAMILIES[family]
-
-    def chips(self) -> int:
-        return int(self.accelerator.rsplit("-", 1)[1]) // self.family()[1]
-
-    def hosts(self) -> int:
-        return max(1, self.chips() // self.family()[2])
-
-    def chips_per_host(self) -> int:
-        return min(self.chips(), self.family()[2])
+    @property
+    def slice(self) -> SliceType:
+        return SliceType(self.accelerator)
 
     def physical_topology(self) -> str:
         if self.topology:
             return self.topology
-        table = TOPOLOGY_3D if self.accelerator.startswith(("v4", "v5p")) else TOPOLOGY_2D
-        if self.chips() not in table:
-            raise ValueError(f"no default topology for {self.accelerator} ({self.chips()} chips); pass --topology")
-        return table[self.chips()]
+        chips = self.slice.chips
+        table = TOPOLOGY_3D if self.slice.family in ("v4", "v5p") else TOPOLOGY_2D
+        if chips not in table:
+            raise ValueError(f"no default topology for {self.accelerator} ({chips} chips); pass --topology")
+        return table[chips]
 
     def train_command(self) -> str:
-        flags = [f"--gin_file={self.stage}"] + [f"--gin.{binding}" for binding in self.gin_bindings]
-        return f"python -m {self.entry} " + " ".join(shlex.quote(flag) for flag in flags)
+        return stage_command(self.entry, self.stage, self.gin_bindings)
 
 
 def manifest(run: GkeRun) -> dict[str, Any]:
@@ -92,18 +79,18 @@ def manifest(run: GkeRun) -> dict[str, Any]:
         "name": "train", "image": run.image, "command": ["bash", "-c", run.train_command()], "env": env,
         "ports": [{"containerPort": MEGASCALE_PORT}, {"containerPort": 8431}],  # megascale, jax coordinator
         "securityContext": {"privileged": True},
-        "resources": {"limits": {"google.com/tpu": run.chips_per_host()}},
+        "resources": {"limits": {"google.com/tpu": run.slice.chips_per_host}},
     }
     pod = {
         "metadata": {"annotations": {}},
         "spec": {
             "restartPolicy": "Never", "hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet",
-            "nodeSelector": {"cloud.google.com/gke-tpu-accelerator": run.family()[0],
+            "nodeSelector": {"cloud.google.com/gke-tpu-accelerator": NODE_SELECTORS[run.slice.family],
                              "cloud.google.com/gke-tpu-topology": run.physical_topology()},
             "containers": [container],
         },
     }
-    job = {"parallelism": run.hosts(), "completions": run.hosts(), "completionMode": "Indexed",
+    job = {"parallelism": run.slice.hosts, "completions": run.slice.hosts, "completionMode": "Indexed",
            "backoffLimit": 0, "template": pod}
     return {
         "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
@@ -122,7 +109,7 @@ def kubectl_commands(run: GkeRun, manifest_path: str) -> list[list[str]]:
     return [
         ["kubectl", "apply", "-f", manifest_path],
         ["kubectl", "wait", "--for=condition=Ready", "pod", "-l", selector, "--timeout=30m"],
-        ["kubectl", "logs", "-f", "-l", selector, "--prefix", f"--max-log-requests={run.hosts() * run.num_slices}"],
+        ["kubectl", "logs", "-f", "-l", selector, "--prefix", f"--max-log-requests={run.slice.hosts * run.num_slices}"],
         ["kubectl", "delete", "jobset", run.name],
     ]
 

@@ -24,17 +24,15 @@ import sys
 import time
 from typing import Sequence
 
+from tpu_slices import SliceType, stage_command  # launch/ is the script directory
+
 JAX_VERSION = "0.10.2"
 REMOTE_DIR = "qwencoder-jax"
 ARCHIVE = "/tmp/qwencoder-jax.tar.gz"
 
-# accelerator family -> (TPU runtime version, TensorCores per chip counted in the type's number, chips per host)
-FAMILIES = {
-    "v4": ("tpu-ubuntu2204-base", 2, 4),
-    "v5p": ("v2-alpha-tpuv5", 2, 4),
-    "v5litepod": ("v2-alpha-tpuv5-lite", 1, 4),
-    "v6e": ("v2-alpha-tpuv6e", 1, 4),
-}
+# accelerator family -> TPU VM runtime version (slice geometry: tpu_slices.py)
+RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite",
+                    "v6e": "v2-alpha-tpuv6e"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +49,9 @@ class TpuRun:
     spot: bool = False
     keep: bool = False
 
-    def family(self) -> tuple[str, int, int]:
-        family = self.accelerator.rsplit("-", 1)[0]
-        if family not in FAMILIES:
-            raise ValueError(f"unknown TPU accelerator {self.accelerator!r}; known families: {sorted(FAMILIES)}")
-        return (family,) + FAMILIES[family][1:]
-
-    def chips_per_slice(self) -> int:
-        _, cores_per_chip, _ = self.family()
-        return int(self.accelerator.rsplit("-", 1)[1]) // cores_per_chip
-
-    def hosts_per_slice(self) -> int:
-        return max(1, self.chips_per_slice() // self.family()[2])
+    @property
+    def slice(self) -> SliceType:
+        return SliceType(self.accelerator)
 
     def node_names(self) -> list[str]:
         if self.num_slices == 1:
@@ -74,7 +63,7 @@ class TpuRun:
 
 
 def create_commands(run: TpuRun) -> list[list[str]]:
-    runtime = run.runtime_version or FAMILIES[run.family()[0]][0]
+    runtime = run.runtime_version or RUNTIME_VERSIONS[run.slice.family]
     command = ["gcloud", "compute", "tpus", "queued-resources", "create", run.name, *run.gcloud_scope(),
                f"--accelerator-type={run.accelerator}", f"--runtime-version={runtime}"]
     if run.num_slices == 1:
@@ -109,9 +98,7 @@ def remote(run: TpuRun, shell_command: str) -> list[str]:
 
 
 def run_command(run: TpuRun) -> list[str]:
-    flags = [f"--gin_file={run.stage}"] + [f"--gin.{binding}" for binding in run.gin_bindings]
-    stage = f"cd ~/{REMOTE_DIR} && python -m {run.entry} " + " ".join(shlex.quote(flag) for flag in flags)
-    return remote(run, stage)
+    return remote(run, f"cd ~/{REMOTE_DIR} && " + stage_command(run.entry, run.stage, run.gin_bindings))
 
 
 def delete_command(run: TpuRun) -> list[str]:
@@ -168,15 +155,15 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     run = TpuRun(name=args.name, project=args.project, zone=args.zone, accelerator=args.accelerator,
                  num_slices=args.num_slices, stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry,
                  runtime_version=args.runtime_version, spot=args.spot, keep=args.keep)
-    run.family()  # fail early on an unknown accelerator
+    run.slice  # fail early on an unknown accelerator
     return run, args.dry_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     run, dry_run = parse(argv)
     if dry_run:
-        print(f"# {run.num_slices} x {run.accelerator}: {run.chips_per_slice()} chips and "
-              f"{run.hosts_per_slice()} hosts per slice")
+        print(f"# {run.num_slices} x {run.accelerator}: {run.slice.chips} chips and "
+              f"{run.slice.hosts} hosts per slice")
         for command in plan(run):
             print(shlex.join(command))
         return 0

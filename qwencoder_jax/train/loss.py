@@ -27,7 +27,3 @@ def cross_entropy(logits_btv: jnp.ndarray, targets_bt: jnp.ndarray, weights_bt: 
     loss = (loss_sum + z_loss * z_loss_sum) / denominator
     return loss, {"loss_sum": loss_sum, "z_loss_sum": z_loss_sum, "weight_sum": weight_sum}
 
-
-def next_token_batch(tokens_bt: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(inputs, targets) of an unpacked batch of token rows: predict token t+1 from tokens up to t."""
-    return tokens_bt[:, :-1], tokens_bt[:, 1:]

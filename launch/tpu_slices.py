@@ -1,0 +1,47 @@
+"""What both pod launchers need to know about a TPU slice type ("v5p-256"), and the stage command they run.
+
+The number in a type name counts TensorCores on v4/v5p (two per chip) and chips on v5e/v6e; hosts carry four
+chips each. Launcher-specific tables (runtime versions, GKE node selectors) stay in their launchers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from typing import Sequence
+
+# family -> (TensorCores per chip counted in the type's number, chips per host)
+GEOMETRY = {"v4": (2, 4), "v5p": (2, 4), "v5litepod": (1, 4), "v6e": (1, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceType:
+    accelerator: str
+
+    def __post_init__(self):
+        family, _, count = self.accelerator.rpartition("-")
+        if family not in GEOMETRY or not count.isdigit():
+            raise ValueError(f"unknown TPU accelerator {self.accelerator!r}; expected FAMILY-N with FAMILY one of "
+                             f"{sorted(GEOMETRY)}")
+
+    @property
+    def family(self) -> str:
+        return self.accelerator.rpartition("-")[0]
+
+    @property
+    def chips(self) -> int:
+        return int(self.accelerator.rpartition("-")[2]) // GEOMETRY[self.family][0]
+
+    @property
+    def hosts(self) -> int:
+        return max(1, self.chips // GEOMETRY[self.family][1])
+
+    @property
+    def chips_per_host(self) -> int:
+        return min(self.chips, GEOMETRY[self.family][1])
+
+
+def stage_command(entry: str, stage: str, gin_bindings: Sequence[str]) -> str:
+    """`python -m ENTRY --gin_file=STAGE --gin.BINDING ...`, shell-quoted, as every worker runs it."""
+    flags = [f"--gin_file={stage}"] + [f"--gin.{binding}" for binding in gin_bindings]
+    return f"python -m {entry} " + " ".join(shlex.quote(flag) for flag in flags)
