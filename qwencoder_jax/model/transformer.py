@@ -87,8 +87,11 @@ class Transformer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids_bt, segment_ids_bt=None, positions_bt=None):
+    def __call__(self, input_ids_bt, segment_ids_bt=None, positions_bt=None, return_hidden: bool = False):
         """Float32 logits [b, t, v]. Without segment ids each row is one document starting at position 0.
+
+        return_hidden: return the final-normed hidden states [b, t, d] instead of logits (for losses that apply
+        the output projection themselves, a vocabulary chunk at a time; `output_projection` gives its matrix).
 
         segment_ids_bt: documents of a packed row (equal ids attend to each other; 0 is padding by convention).
         positions_bt: each token's position inside its document (restarts at 0 for each packed document).
@@ -119,11 +122,22 @@ class Transformer(nn.Module):
                 x_btd, _ = layer_class(cfg, name=f"layers_{i}")(x_btd, segment_ids_bt, cos_bte, sin_bte)
 
         x_btd = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), name="final_norm")(x_btd)
+        if return_hidden:
+            if not cfg.tie_embeddings and self.is_initializing():
+                LMHead(cfg, name="lm_head")(x_btd)  # create the head's parameters even when only hidden states are asked
+            return x_btd
         if cfg.tie_embeddings:
             logits_btv = embed.attend(x_btd)
         else:
             logits_btv = LMHead(cfg, name="lm_head")(x_btd)
         return nn.with_logical_constraint(logits_btv, ("act_batch", "act_length", "act_vocab"))
+
+
+def output_projection(config: ModelConfig, params) -> jnp.ndarray:
+    """The [d, v] matrix that turns final hidden states into logits (the embedding table, transposed, when tied)."""
+    if config.tie_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
 
 
 def init_params(config: ModelConfig, rng: jax.Array, sequence_length: int = 8) -> dict[str, Any]:
