@@ -12,7 +12,8 @@ from qwencoder_jax.train import cli
 
 GIN_DIR = Path(__file__).resolve().parents[1] / "gin"
 DATA = {"CODE_DIR": "/data/code", "TEXT_DIR": "/data/text", "MATH_DIR": "/data/math", "REPO_DIR": "/data/repo",
-        "SFT_DIR": "/data/sft", "STAGE1_WORKDIR": "/runs/stage1", "STAGE2_WORKDIR": "/runs/stage2"}
+        "SFT_DIR": "/data/sft", "STAGE1_WORKDIR": "/runs/stage1", "STAGE2_WORKDIR": "/runs/stage2",
+        "SFT_COARSE_WORKDIR": "/runs/stage3_coarse"}
 
 
 def bindings_for(path: Path) -> list[str]:
