@@ -7,6 +7,10 @@
    CPU devices and on 1 device, same global batch; prints step time, tokens/s and the 8:1 ratio. On one CPU the 8
    "devices" share the same 2 cores, so this is only a smoke signal that sharding adds no pathological overhead
    (collectives, resharding), not a scaling figure.
+   With --context-parallel S, the same step with attention_backend=splash (interpret mode off TPU) on a
+   (fsdp=8/S, sequence=S) mesh, in both query layouts (zig-zag: balanced; contiguous: the last shard does about
+   twice the mean causal work), against splash on the plain (fsdp=8) mesh: keys/values are all-gathered over the
+   sequence axis and each device attends its own queries.
 2. Memory: per-device bytes of parameters + AdamW state for the 0.5B and 7B presets under fsdp=8, 16, 64.
    `rules` is computed from the sharding rules alone: the TrainState's NamedShardings built on a device-free
    jax.sharding.AbstractMesh of that size, each leaf's `shard_shape` times its itemsize. For fsdp=8 (which this
@@ -33,16 +37,18 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from qwencoder_jax import sharding  # noqa: E402
-from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
+from qwencoder_jax.model import Transformer, attention, get_preset  # noqa: E402
 from qwencoder_jax.train import step as train_step_lib  # noqa: E402
 
 GIB = 1024**3
 
 
-def throughput(preset: str, devices: int, batch: int, sequence: int, steps: int) -> dict:
-    model = Transformer(get_preset(preset))
+def throughput(preset: str, devices: int, batch: int, sequence: int, steps: int, sequence_shards: int = 1,
+               attention_backend: str | None = None) -> dict:
+    overrides = {"attention_backend": attention_backend} if attention_backend else {}
+    model = Transformer(get_preset(preset, **overrides))
     optimizer = train_step_lib.adamw()
-    mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1), jax.devices()[:devices])
+    mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1, sequence=sequence_shards), jax.devices()[:devices])
     state, shardings = train_step_lib.init_train_state(model, optimizer, mesh, jax.random.key(0))
     step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings)
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (batch, sequence + 1)).astype(np.int32)
@@ -58,7 +64,8 @@ def throughput(preset: str, devices: int, batch: int, sequence: int, steps: int)
     common.block(one_step())  # compile + first step
     compile_seconds = time.perf_counter() - start
     seconds = common.median(common.time_calls(one_step, steps, warmup=0))
-    return {"devices": devices, "step_seconds": seconds, "tokens_per_second": batch * sequence / seconds,
+    return {"devices": devices, "mesh": dict(mesh.shape), "step_seconds": seconds,
+            "tokens_per_second": batch * sequence / seconds,
             "first_step_seconds": compile_seconds}
 
 
@@ -102,6 +109,10 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-presets", nargs="*", default=["qwen2.5-coder-0.5b", "qwen2.5-coder-7b"])
     parser.add_argument("--compiled-sequence", type=int, default=2048)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--context-parallel", type=int, default=0, metavar="S",
+                        help="also time splash attention with the sequence over S devices (0: skip)")
+    parser.add_argument("--context-parallel-preset", default="tiny")
+    parser.add_argument("--context-parallel-sequence", type=int, default=1024)
     parser.add_argument("--skip-compiled", action="store_true")
     args = parser.parse_args(argv)
     print(f"device: {common.describe_device()}  (CPU fake devices share 2 cores: a smoke signal, not scaling)")
@@ -115,6 +126,26 @@ def main(argv=None) -> None:
                   f"(first step incl. compile {result['first_step_seconds']:.1f}s)")
         print(f"{args.preset}: tokens/s ratio 8 devices (fsdp=8) : 1 device = "
               f"{eight['tokens_per_second'] / one['tokens_per_second']:.2f}")
+
+    if args.context_parallel:
+        shards, cp_preset = args.context_parallel, args.context_parallel_preset
+        cp_sequence = args.context_parallel_sequence
+        fsdp = throughput(cp_preset, 8, args.batch, cp_sequence, args.steps, attention_backend="splash")
+        fsdp["layout"] = "-"
+        results = [fsdp]
+        for layout in attention.CONTEXT_PARALLEL_LAYOUTS:
+            attention.context_parallel_layout = layout
+            results.append(throughput(cp_preset, 8, args.batch, cp_sequence, args.steps, sequence_shards=shards,
+                                      attention_backend="splash") | {"layout": layout})
+        for result in results:
+            print(f"{cp_preset} splash batch={args.batch} seq={cp_sequence} mesh={result['mesh']} "
+                  f"layout={result['layout']}: step={result['step_seconds']:.3f}s "
+                  f"tokens_per_second={result['tokens_per_second']:.0f} "
+                  f"(first step incl. compile {result['first_step_seconds']:.1f}s)")
+        for result in results[1:]:
+            print(f"{cp_preset}: tokens/s ratio context parallel (sequence={shards}, {result['layout']}) : fsdp=8 = "
+                  f"{result['tokens_per_second'] / fsdp['tokens_per_second']:.2f}  (fake devices on 2 shared cores, "
+                  f"interpret-mode kernel: a smoke signal; the zig-zag balance shows only on real devices)")
 
     print("\nper-device parameters + AdamW state, float32 (GiB); rules = from NamedShardings on an AbstractMesh")
     print(f"{'preset':<22}{'unsharded':>11}{'fsdp=8':>10}{'fsdp=16':>10}{'fsdp=64':>10}  ratio unsharded/fsdp64")

@@ -1,7 +1,8 @@
 """Run a training stage on TPU slices in GKE: a JobSet (one Job per slice, one pod per TPU host), or xpk.
 
     python launch/gke.py --name coder7b --image IMAGE --accelerator v5p-256 --num-slices 2 \
-        --stage gin/stages/stage1_file_level.gin --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --dry-run
+        --stage gin/stages/stage1_file_level.gin --gin-file gin/models/qwen2.5-coder-7b.gin \
+        --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --workdir gs://B/runs/stage1 --dry-run
     python launch/gke.py ... --xpk --cluster CLUSTER --dry-run     # the same run through xpk
 
 --dry-run prints the manifest and the exact commands (kubectl apply / logs / delete, or xpk) and runs nothing.
@@ -43,6 +44,8 @@ class GkeRun:
     stage: str = "gin/stages/stage1_file_level.gin"
     gin_bindings: tuple[str, ...] = ()
     entry: str = "qwencoder_jax.train"
+    gin_files: tuple[str, ...] = ()  # more gin files after the stage (overlays), repository-relative
+    workdir: str | None = None  # the trainer's --workdir in every pod
     cluster: str | None = None
     topology: str | None = None
 
@@ -60,7 +63,7 @@ class GkeRun:
         return table[chips]
 
     def train_command(self) -> str:
-        return stage_command(self.entry, self.stage, self.gin_bindings)
+        return stage_command(self.entry, self.stage, self.gin_bindings, self.gin_files, self.workdir)
 
 
 def manifest(run: GkeRun) -> dict[str, Any]:
@@ -134,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-slices", type=int, default=1)
     parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[])
+    parser.add_argument("--gin-file", action="append", default=[], help="gin file after the stage (repeatable)")
+    parser.add_argument("--workdir", required=True,
+                        help="the trainer's --workdir, the same in every pod: a shared location (gs://...), since "
+                             "every host writes its shards of each checkpoint there")
     parser.add_argument("--entry", default="qwencoder_jax.train")
     parser.add_argument("--topology", default=None, help="physical topology, e.g. 4x4x8 (default: from the type)")
     parser.add_argument("--xpk", action="store_true", help="launch with xpk instead of a JobSet manifest")
@@ -142,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     run = GkeRun(name=args.name, image=args.image, accelerator=args.accelerator, num_slices=args.num_slices,
-                 stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry, cluster=args.cluster,
+                 stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry, gin_files=tuple(args.gin_file),
+                 workdir=args.workdir, cluster=args.cluster,
                  topology=args.topology)
     if args.xpk:
         commands = xpk_commands(run)

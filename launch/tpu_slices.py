@@ -41,7 +41,10 @@ class SliceType:
         return min(self.chips, GEOMETRY[self.family][1])
 
 
-def stage_command(entry: str, stage: str, gin_bindings: Sequence[str]) -> str:
-    """`python -m ENTRY --gin_file=STAGE --gin.BINDING ...`, shell-quoted, as every worker runs it."""
-    flags = [f"--gin_file={stage}"] + [f"--gin.{binding}" for binding in gin_bindings]
+def stage_command(entry: str, stage: str, gin_bindings: Sequence[str], gin_files: Sequence[str] = (),
+                  workdir: str | None = None) -> str:
+    """`python -m ENTRY --gin_file=STAGE [--gin_file=F ...] --gin.BINDING ... [--workdir=W]`, shell-quoted, as
+    every worker runs it."""
+    flags = [f"--gin_file={stage}"] + [f"--gin_file={path}" for path in gin_files]
+    flags += [f"--gin.{binding}" for binding in gin_bindings] + ([f"--workdir={workdir}"] if workdir else [])
     return f"python -m {entry} " + " ".join(shlex.quote(flag) for flag in flags)

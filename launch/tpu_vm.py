@@ -1,7 +1,8 @@
 """Run a training stage on Cloud TPU VMs: one slice, or several joined over DCN (Multislice).
 
     python launch/tpu_vm.py --name coder7b --project P --zone us-east5-a --accelerator v5p-256 \
-        --stage gin/stages/stage1_file_level.gin --gin MESH_SHAPE="(1,-1,1,1)" --dry-run
+        --stage gin/stages/stage1_file_level.gin --gin-file gin/models/qwen2.5-coder-7b.gin \
+        --gin MESH_SHAPE="(1,-1,1,1)" --gin CODE_DIR='"gs://B/code"' ... --workdir gs://B/runs/stage1 --dry-run
     python launch/tpu_vm.py ... --num-slices 2 --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2
 
 Steps, each a plain gcloud command (--dry-run prints them, one per line, and runs nothing):
@@ -45,6 +46,8 @@ class TpuRun:
     stage: str = "gin/stages/stage1_file_level.gin"
     gin_bindings: tuple[str, ...] = ()
     entry: str = "qwencoder_jax.train"
+    gin_files: tuple[str, ...] = ()  # more gin files after the stage (overlays), repository-relative
+    workdir: str | None = None  # the trainer's --workdir on every worker
     runtime_version: str | None = None
     spot: bool = False
     keep: bool = False
@@ -98,7 +101,8 @@ def remote(run: TpuRun, shell_command: str) -> list[str]:
 
 
 def run_command(run: TpuRun) -> list[str]:
-    return remote(run, f"cd ~/{REMOTE_DIR} && " + stage_command(run.entry, run.stage, run.gin_bindings))
+    return remote(run, f"cd ~/{REMOTE_DIR} && " + stage_command(run.entry, run.stage, run.gin_bindings,
+                                                                  run.gin_files, run.workdir))
 
 
 def delete_command(run: TpuRun) -> list[str]:
@@ -146,6 +150,10 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     parser.add_argument("--num-slices", type=int, default=1)
     parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[], help="gin binding, e.g. MESH_SHAPE='(1,-1,1,1)'")
+    parser.add_argument("--gin-file", action="append", default=[], help="gin file after the stage (repeatable)")
+    parser.add_argument("--workdir", required=True,
+                        help="the trainer's --workdir, the same on every worker: a shared location (gs://...), "
+                             "since every host writes its shards of each checkpoint there")
     parser.add_argument("--entry", default="qwencoder_jax.train", help="python -m entry point run on each worker")
     parser.add_argument("--runtime-version", default=None)
     parser.add_argument("--spot", action="store_true")
@@ -154,6 +162,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     args = parser.parse_args(argv)
     run = TpuRun(name=args.name, project=args.project, zone=args.zone, accelerator=args.accelerator,
                  num_slices=args.num_slices, stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry,
+                 gin_files=tuple(args.gin_file), workdir=args.workdir,
                  runtime_version=args.runtime_version, spot=args.spot, keep=args.keep)
     run.slice  # fail early on an unknown accelerator
     return run, args.dry_run

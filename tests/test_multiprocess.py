@@ -1,8 +1,10 @@
 """Real multi-process JAX on one machine (jax.distributed + gloo): 2 processes x 2 devices == 1 process x 4
-devices, orbax checkpoints written and restored by both, and a dying process never leaves the others hanging."""
+devices, orbax checkpoints written and restored by both, and a dying process never leaves the others hanging;
+the same through the real train CLI (`python -m qwencoder_jax.train` under launch/local.py) on real tiny data."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -11,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = [sys.executable, str(ROOT / "tests" / "multiprocess_worker.py")]
+TRAIN = [sys.executable, "-m", "qwencoder_jax.train"]
 sys.path.insert(0, str(ROOT / "launch"))
 
 import local as local_launcher  # noqa: E402
@@ -92,3 +97,67 @@ def test_survivor_fails_on_its_own_without_the_launcher(tmp_path):
     assert processes[0].returncode != 0
     assert "Gloo" in outputs[0] or "heartbeat" in outputs[0].lower() or "unavailable" in outputs[0].lower(), \
         outputs[0][-3000:]
+
+
+# --- the real trainer, through its command line ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage1_data(tmp_path_factory):
+    """Stage 1's three sources in the data pipelines' output layout (shards + manifest): stdlib code, docs, math."""
+    import data_helpers
+
+    root = tmp_path_factory.mktemp("stage1_data")
+    data_helpers.write_code_files(root / "code", limit=20)
+    data_helpers.write_text(root / "text", limit=10)
+    data_helpers.write_text(root / "math", kind="math", limit=10)
+    return root
+
+
+def stage1_command(data: Path, workdir: Path, steps: int) -> list[str]:
+    # Every process reads the whole stream (loader_config.process_count=1), so the 2-process global batch is the
+    # 1-process batch twice over: the mean loss and its gradients are the same numbers, computed with collectives
+    # across processes. (With the default, each process reads every other record: a different, equally valid run.)
+    return TRAIN + [
+        "--gin_file=gin/stages/stage1_file_level.gin", "--gin_file=gin/cpu/tiny.gin",
+        f"--gin.CODE_DIR='{data / 'code'}'", f"--gin.TEXT_DIR='{data / 'text'}'", f"--gin.MATH_DIR='{data / 'math'}'",
+        f"--gin.TOTAL_STEPS={steps}", "--gin.CHECKPOINT_EVERY=2", "--gin.SEQUENCE_LENGTH=64", "--gin.BATCH_SIZE=4",
+        "--gin.MESH_SHAPE=(1,-1,1,1)", "--gin.loader_config.process_index=0", "--gin.loader_config.process_count=1",
+        f"--workdir={workdir}"]
+
+
+def logged_losses(workdir: Path) -> list[float]:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [record["loss"] for record in sorted(records, key=lambda record: record["step"])]
+
+
+@pytest.mark.slow  # two trainer start-ups (imports, data, compile) on 2 cores: about 2 minutes
+def test_train_cli_on_two_processes_matches_one_process(tmp_path, stage1_data, launcher_env, monkeypatch):
+    from qwencoder_jax import checkpoints
+
+    monkeypatch.chdir(ROOT)  # the gin paths are relative to the checkout, as on a TPU worker
+    steps = 4
+    one = subprocess.run(stage1_command(stage1_data, tmp_path / "one", steps), env=worker_env(4),
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    log = io.StringIO()
+    status = local_launcher.launch(stage1_command(stage1_data, tmp_path / "two", steps), num_processes=2,
+                                   devices_per_process=2, timeout_seconds=600, sink=log)
+    assert status == 0, log.getvalue()[-5000:]
+    for process in (0, 1):
+        assert f"[p{process}] stopped: completed at step 4" in log.getvalue()
+
+    reference, distributed = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two")
+    assert len(reference) == steps and len(distributed) == steps
+    np.testing.assert_allclose(distributed, reference, rtol=1e-5)
+    # orbax wrote each checkpoint from both processes (one OCDBT process directory per writer) ...
+    for step in (2, 4):
+        params_dir = tmp_path / "two" / "checkpoints" / str(step) / "params"
+        assert {p.name for p in params_dir.glob("ocdbt.process_*")} == {"ocdbt.process_0", "ocdbt.process_1"}
+    # ... and the checkpoint restores, here in one process on one device, to the 1-process run's weights. (A
+    # checkpoint saved by several processes needs a target layout to restore on other devices: load_params_sharded.)
+    reference_params = checkpoints.load_params(tmp_path / "one")
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), reference_params)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+                 checkpoints.load_params_sharded(tmp_path / "two", target), reference_params)

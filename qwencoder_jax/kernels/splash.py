@@ -6,9 +6,19 @@ The kernel itself (`jax.experimental.pallas.ops.tpu.splash_attention`) works on 
 arrays ([heads, length, head dim]); this wrapper transposes, scales q, pads the sequence to whole blocks, vmaps
 the kernel over the batch and undoes the rest. It is a per-device function: it sees whole sequences and whatever
 heads and batch rows it is handed. On a mesh, call it inside `shard_map` with batch (and optionally heads)
-sharded and the sequence axis unsharded; the kernel it builds then matches the per-device shapes. Sharding the
-query sequence would need `head_shards` / `q_seq_shards` when building the mask info, which this module does not
-do.
+sharded and the sequence axis unsharded; the kernel it builds then matches the per-device shapes.
+
+Context parallelism (the sequence sharded over devices, for 32K repo-level rows) uses the second pair:
+
+    kernel = context_parallel_kernel(num_heads, sequence_length, block_size, q_seq_shards=S)
+    out_bLhe = local_query_attention(kernel, q_bLhe, k_bske, v_bske, q_segment_ids_bL, kv_segment_ids_bs)
+
+The kernel is built for the whole [t, t] causal mask with its block metadata split into S query shards
+(`make_splash_mha(..., q_seq_shards=S)`); passed into `shard_map` with `kernel.manual_sharding_spec(...)` as its
+in_spec, each device receives only the metadata of its own query rows, so it runs its L = t / S queries against
+the full (all-gathered) keys and values under the causal mask offset by its first query's position. With
+`zigzag=True` the mask is `ZigZagCausalMask` instead and `to_zigzag` / `from_zigzag` move query halves between
+shards so each holds one early and one late stretch of the sequence (equal causal work per device).
 
 Grouped-query attention needs no repeated keys/values: the multi-head kernel maps query head h to key/value head
 h // (heads / kv heads) in its index maps and reduces dk/dv over each group in its backward kernel.
@@ -24,6 +34,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
 
 # The kernel's key/value blocks are computed in units of TPU vector lanes; its blocks must be multiples of this.
 LANES = 128
@@ -124,3 +135,122 @@ def splash_attention(q_bthe, k_bske, v_bske, segment_ids_bt=None, *, block_size:
         out_bhte = jax.vmap(one_row)(q_bhte, k_bkse, v_bkse, segment_ids_bt.astype(jnp.int32))
 
     return out_bhte.transpose(0, 2, 1, 3)[:, :t].astype(q_bthe.dtype)
+
+
+# --- context parallelism: local queries against the whole sequence's keys and values -----------------------
+
+
+def context_parallel_block_size(local_length: int, block_size: int) -> int:
+    """The largest multiple of 128 that is <= block_size and divides the per-device query length."""
+    choose_block_size(local_length, block_size)  # validates block_size
+    if local_length % LANES:
+        raise ValueError(f"context-parallel splash attention needs a per-device sequence length that is a multiple "
+                         f"of {LANES} (the kernel's lane width), got {local_length}; make the sequence length a "
+                         f"multiple of {LANES} x the sequence mesh axis size")
+    block = min(block_size, local_length)
+    while local_length % block:
+        block -= LANES
+    return block
+
+
+class ZigZagCausalMask(splash_mask_lib._ComputableMask):  # the base of jax's lazy masks (CausalMask's too)
+    """The causal mask with its query rows in zig-zag order: the sequence is cut into 2S halves-of-shards and
+    query shard d holds halves d and 2S-1-d, so every shard gets one early and one late stretch of the causal
+    triangle (equal work). Keys stay in natural order. Row p's natural position is computed from p with
+    comparisons, additions and multiplications only (no vector integer division, which TPU kernels may lack), so
+    the same function serves numpy (mask preprocessing) and the kernel (traced, per block)."""
+
+    def __init__(self, sequence_length: int, shards: int):
+        if sequence_length % (2 * shards):
+            raise ValueError(f"a zig-zag layout needs the sequence ({sequence_length}) to split into 2 x {shards} "
+                             f"equal parts")
+        self.shards = shards
+        local, half = sequence_length // shards, sequence_length // (2 * shards)
+
+        def zigzag_causal(q_ids, kv_ids):
+            shard = sum((q_ids >= boundary).astype(q_ids.dtype) for boundary in range(local, shards * local, local))
+            within = q_ids - shard * local
+            late = (within >= half).astype(q_ids.dtype)  # the shard's second stretch: natural half 2S-1-shard
+            half_index = shard + late * (2 * shards - 1 - 2 * shard)
+            return half_index * half + within - late * half >= kv_ids
+
+        super().__init__(shape=(sequence_length, sequence_length), mask_function=zigzag_causal)
+
+    def __eq__(self, other: object):
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self.shape == other.shape and self.shards == other.shards
+
+    def __hash__(self):
+        return hash((type(self), self.shape, self.shards))
+
+
+def zigzag_source(shards: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """ppermute pairs taking each shard's first and second half to the shard that attends it in zig-zag order.
+
+    Natural half j (of 2S) belongs to shard j if j < S, else to shard 2S-1-j. Shard i holds halves 2i and 2i+1;
+    the two halves a shard receives have opposite parity (they sum to 2S-1), so one ppermute moves all first
+    halves and one all second halves."""
+    owner = lambda j: j if j < shards else 2 * shards - 1 - j  # noqa: E731
+    return [(i, owner(2 * i)) for i in range(shards)], [(i, owner(2 * i + 1)) for i in range(shards)]
+
+
+def to_zigzag(x_bL, axis_name: str, shards: int):
+    """Inside shard_map over `axis_name`: this shard's natural rows [b, L, ...] -> its zig-zag rows."""
+    first_pairs, second_pairs = zigzag_source(shards)
+    half = x_bL.shape[1] // 2
+    from_even = jax.lax.ppermute(x_bL[:, :half], axis_name, first_pairs)  # a natural half with an even index
+    from_odd = jax.lax.ppermute(x_bL[:, half:], axis_name, second_pairs)
+    shard_is_even = jax.lax.axis_index(axis_name) % 2 == 0  # shard d's early half d is even iff d is
+    return jnp.concatenate([jnp.where(shard_is_even, from_even, from_odd),
+                            jnp.where(shard_is_even, from_odd, from_even)], axis=1)
+
+
+def from_zigzag(y_bL, axis_name: str, shards: int):
+    """The inverse of `to_zigzag`: zig-zag rows back to this shard's natural rows."""
+    first_pairs, second_pairs = zigzag_source(shards)
+    half = y_bL.shape[1] // 2
+    shard_is_even = jax.lax.axis_index(axis_name) % 2 == 0
+    early, late = y_bL[:, :half], y_bL[:, half:]
+    even, odd = jnp.where(shard_is_even, early, late), jnp.where(shard_is_even, late, early)
+    inverse = lambda pairs: [(b, a) for a, b in pairs]  # noqa: E731
+    return jnp.concatenate([jax.lax.ppermute(even, axis_name, inverse(first_pairs)),
+                            jax.lax.ppermute(odd, axis_name, inverse(second_pairs))], axis=1)
+
+
+def context_parallel_kernel(num_heads: int, sequence_length: int, block: int, q_seq_shards: int,
+                            interpret: bool, zigzag: bool = False):
+    """A splash kernel for [num_heads, t / q_seq_shards] local queries against [t] keys, causal over the whole t
+    (zigzag: the queries are in `ZigZagCausalMask` order, the keys in natural order).
+
+    Its mask metadata has a query-block axis that `kernel.manual_sharding_spec` splits over the sequence mesh
+    axes; the per-shard masks are then the causal mask's row blocks, i.e. causal with the shard's query offset.
+    Not cached, for the reason `_kernel` gives.
+    """
+    if sequence_length % (block * q_seq_shards):
+        raise ValueError(f"sequence length {sequence_length} must split into {q_seq_shards} shards of whole "
+                         f"{block}-token blocks")
+    mask, block_sizes = _mask_and_block_sizes(num_heads, sequence_length, block)
+    if zigzag:
+        mask = splash_lib.MultiHeadMask([ZigZagCausalMask(sequence_length, q_seq_shards)] * num_heads)
+    return splash_lib.make_splash_mha(mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=q_seq_shards,
+                                      interpret=interpret)
+
+
+def local_query_attention(kernel, q_bthe, k_bske, v_bske, q_segment_ids_bt, kv_segment_ids_bs):
+    """One device's share of context-parallel attention: its queries [b, L, h, e] against all keys [b, s, k, e].
+
+    `kernel` is a `context_parallel_kernel` as seen inside shard_map (holding this shard's mask metadata).
+    Segment ids are required on both sides (a document may begin on one device and continue on the next).
+    """
+    e = q_bthe.shape[-1]
+    q_bthe = (q_bthe.astype(jnp.float32) * (1.0 / math.sqrt(e))).astype(q_bthe.dtype)
+    k_bkse = k_bske.astype(q_bthe.dtype).transpose(0, 2, 1, 3)
+    v_bkse = v_bske.astype(q_bthe.dtype).transpose(0, 2, 1, 3)
+
+    def one_row(q_hte, k_kse, v_kse, q_segment_ids_t, kv_segment_ids_s):
+        return kernel(q_hte, k_kse, v_kse, segment_ids=splash_lib.SegmentIds(q=q_segment_ids_t, kv=kv_segment_ids_s))
+
+    out_bhte = jax.vmap(one_row)(q_bthe.transpose(0, 2, 1, 3), k_bkse, v_bkse, q_segment_ids_bt.astype(jnp.int32),
+                                 kv_segment_ids_bs.astype(jnp.int32))
+    return out_bhte.transpose(0, 2, 1, 3).astype(q_bthe.dtype)
