@@ -70,11 +70,23 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_dict(restored[CONFIG_ITEM])
 
 
+def _local_target(directory: Path) -> Any:
+    """Shapes and dtypes of the stored parameters, each placed whole on this process's first device.
+
+    Restoring without a target asks orbax to rebuild the saved shardings, which fails ("topology mismatch") for a
+    checkpoint written by several processes or on a mesh this host does not have; an explicit single-device target
+    makes any checkpoint readable on one host (evaluation, notebooks, conversion)."""
+    handler = ocp.CompositeCheckpointHandler(**{PARAMS_ITEM: ocp.StandardCheckpointHandler()})
+    metadata = ocp.Checkpointer(handler).metadata(directory).item_metadata[PARAMS_ITEM]
+    device = jax.local_devices()[0]
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+        device)), metadata)
+
+
 def load_params(path: str | os.PathLike, dtype: Any | None = None) -> Any:
-    """The parameter tree as stored (numpy-backed jax arrays), optionally cast to `dtype`."""
+    """The parameter tree as stored, on this process's first device, optionally cast to `dtype`."""
     directory = resolve_checkpoint_dir(path)
-    restored = _checkpointer().restore(directory, ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore()}))
-    params = restored[PARAMS_ITEM]
+    params = load_params_sharded(directory, _local_target(directory))
     if dtype is not None:
         params = jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
     return params

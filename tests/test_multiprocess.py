@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import pytest
 
+from qwencoder_jax import checkpoints
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = [sys.executable, str(ROOT / "tests" / "multiprocess_worker.py")]
 TRAIN = [sys.executable, "-m", "qwencoder_jax.train"]
@@ -60,6 +62,10 @@ def test_two_processes_train_like_one_and_share_a_checkpoint(tmp_path, launcher_
     # the launcher streams both processes' logs with their prefix
     assert "[p0] step 4 loss" in log.getvalue() and "[p1] done: restored=True" in log.getvalue()
     assert (tmp_path / "two" / "params").is_dir()
+    # one host reads the checkpoint the two processes wrote (evaluation of a pod run): the 1-process run's weights
+    # up to the float32 rounding by which the two runs' reductions differ
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+                 checkpoints.load_params(tmp_path / "two"), checkpoints.load_params(tmp_path / "one"))
 
 
 def test_a_dying_process_stops_the_others_with_a_clear_error(tmp_path, launcher_env):
@@ -133,8 +139,6 @@ def logged_losses(workdir: Path) -> list[float]:
 
 @pytest.mark.slow  # two trainer start-ups (imports, data, compile) on 2 cores: about 2 minutes
 def test_train_cli_on_two_processes_matches_one_process(tmp_path, stage1_data, launcher_env, monkeypatch):
-    from qwencoder_jax import checkpoints
-
     monkeypatch.chdir(ROOT)  # the gin paths are relative to the checkout, as on a TPU worker
     steps = 4
     one = subprocess.run(stage1_command(stage1_data, tmp_path / "one", steps), env=worker_env(4),
@@ -154,10 +158,11 @@ def test_train_cli_on_two_processes_matches_one_process(tmp_path, stage1_data, l
     for step in (2, 4):
         params_dir = tmp_path / "two" / "checkpoints" / str(step) / "params"
         assert {p.name for p in params_dir.glob("ocdbt.process_*")} == {"ocdbt.process_0", "ocdbt.process_1"}
-    # ... and the checkpoint restores, here in one process on one device, to the 1-process run's weights. (A
-    # checkpoint saved by several processes needs a target layout to restore on other devices: load_params_sharded.)
+    # ... and the checkpoint restores, here in one process on one device, to the 1-process run's weights: through
+    # load_params (what evaluation and notebooks use) and into an explicit layout.
     reference_params = checkpoints.load_params(tmp_path / "one")
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), reference_params)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
-                 checkpoints.load_params_sharded(tmp_path / "two", target), reference_params)
+    for restored in (checkpoints.load_params(tmp_path / "two"), checkpoints.load_params_sharded(tmp_path / "two",
+                                                                                                  target)):
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), restored, reference_params)
