@@ -77,7 +77,7 @@ def test_sft_loss_mask_covers_exactly_the_assistant_tokens(registered):
 
 
 def test_recipe_mixtures_registered(registered):
-    names = tasks.register_recipe_mixtures("t_code", "t_text", "t_math", repo="t_repos", prefix="t_")
+    names = tasks.register_recipe_mixtures("t_code", "t_text", "t_math", repo="t_repos", prefix="t_", by="documents")
     assert names == ["t_stage1_70_20_10", "t_ablation_100_0_0", "t_ablation_85_10_5", "t_stage2_repo"]
     rates = {name: {spec.name: rate for spec, _, rate in tasks.resolve(name)} for name in names}
     assert rates["t_stage1_70_20_10"] == {"t_code": 70, "t_text": 20, "t_math": 10}
@@ -129,6 +129,15 @@ def test_token_rates_through_document_rate_conversion(pretokenized):
     shares = source_shares("p_tokens_70_20_10", 3000, by_tokens=True)
     for source, expected in {"p_code": 0.7, "p_text": 0.2, "p_math": 0.1}.items():
         assert abs(shares[source] - expected) < 0.01, shares
+
+
+def test_recipe_mixtures_are_token_shares_by_default(pretokenized):
+    names = tasks.register_recipe_mixtures("p_code", "p_text", "p_math", prefix="pt_")
+    shares = source_shares(names[0], 3000, by_tokens=True)
+    for source, expected in {"p_code": 0.7, "p_text": 0.2, "p_math": 0.1}.items():
+        assert abs(shares[source] - expected) < 0.01, shares
+    with pytest.raises(ValueError, match="by='bytes'"):
+        tasks.register_recipe_mixtures("p_code", "p_text", "p_math", by="bytes")
 
 
 def write_bad_dataset(directory):

@@ -19,10 +19,11 @@ feed these tasks to seqio's feature converters for training: they derive padding
 
 Mixture rates are in DOCUMENTS (examples drawn from each task), as in seqio and grain's `mix`; strictly, in records,
 which is the same as long as documents fit the training row (a longer file becomes several windows: samples.py).
-For token proportions, convert with `document_rates_for_token_rates` using each task's mean document length
-(`mean_document_tokens`), since documents of different sources differ in length by large factors
+For token proportions, convert with `document_rates_for_token_rates` using each task's mean tokens per record
+(`mean_record_tokens`), since documents of different sources differ in length by large factors
 (tests/test_data_tasks.py checks both: document shares within 1% of 70:20:10, and token shares within 1% after
-conversion).
+conversion). The report's mixtures (`register_recipe_mixtures`) are token proportions by default: the report's
+code:text:math 7:2:1 is a share of training tokens.
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ def _group(tasks_or_rates: str | Mapping[str, float], total: float) -> dict[str,
 
 def register_recipe_mixtures(code: str | Mapping[str, float], text: str | Mapping[str, float],
                              math: str | Mapping[str, float], repo: str | Mapping[str, float] | None = None,
-                             prefix: str = "") -> list[str]:
-    """The report's mixtures over registered tasks (a group is one task or {task: relative rate}):
+                             prefix: str = "", by: str = "tokens") -> list[str]:
+    """The report's mixtures over registered tasks (a group is one task or {task: relative rate}).
+
+    by="tokens" (default): the rates are shares of training tokens, turned into document rates with each task's
+    mean tokens per record (its first records, `mean_record_tokens`); by="documents": shares of records drawn.
 
       {prefix}stage1_70_20_10    code:text:math 70:20:10, the final stage-1 mixture (report section 3.1.2)
       {prefix}ablation_100_0_0   Table 3, code only
@@ -160,15 +164,23 @@ def register_recipe_mixtures(code: str | Mapping[str, float], text: str | Mappin
       {prefix}stage2_repo        repo-level code:text:math 70:20:10 (the report gives no stage-2 ratio; we keep
                                  stage 1's with repo-level samples as the code part)
     """
-    mixtures = {"stage1_70_20_10": (70, 20, 10), "ablation_100_0_0": (100, 0, 0), "ablation_85_10_5": (85, 10, 5)}
+    if by not in ("tokens", "documents"):
+        raise ValueError(f"register_recipe_mixtures: by={by!r}; use 'tokens' or 'documents'")
+    mixtures = {"stage1_70_20_10": (code, 70, 20, 10), "ablation_100_0_0": (code, 100, 0, 0),
+                "ablation_85_10_5": (code, 85, 10, 5)}
+    if repo is not None:
+        mixtures["stage2_repo"] = (repo, 70, 20, 10)
+    mean_tokens: dict[str, float] = {}
     names = []
-    for mixture, (code_rate, text_rate, math_rate) in mixtures.items():
-        rates = {**_group(code, code_rate), **_group(text, text_rate), **_group(math, math_rate)}
+    for mixture, (code_group, code_rate, text_rate, math_rate) in mixtures.items():
+        rates = {**_group(code_group, code_rate), **_group(text, text_rate), **_group(math, math_rate)}
+        if by == "tokens":
+            for task in rates:
+                if rates[task] > 0 and task not in mean_tokens:
+                    mean_tokens[task] = mean_record_tokens(task)
+            rates = document_rates_for_token_rates(rates, mean_tokens)
         register_mixture(prefix + mixture, rates)
         names.append(prefix + mixture)
-    if repo is not None:
-        register_mixture(prefix + "stage2_repo", {**_group(repo, 70), **_group(text, 20), **_group(math, 10)})
-        names.append(prefix + "stage2_repo")
     return names
 
 
@@ -196,6 +208,22 @@ def mean_document_tokens(task_name: str, max_documents: int = 256) -> float:
     if not lengths:
         raise ValueError(f"task {task_name!r}: no usable document among its first {max_documents} records")
     return float(np.mean(lengths))
+
+
+def mean_record_tokens(task_name: str, max_records: int = 64) -> float:
+    """Training tokens one record of a task gives, on average over its first records. Rates count records, and a
+    file longer than the row becomes several windows (samples.py), so this, not the tokens per window, is what
+    turns document rates into token shares."""
+    if task_name not in SOURCE_SPECS:
+        raise KeyError(f"task {task_name!r} was not registered with tasks.register_source")
+    spec, vocabulary = SOURCE_SPECS[task_name], VOCABULARIES[task_name]
+    source = shards.RecordSource(shards.split_files(spec.dataset_dir, spec.split))
+    counter = fim.BadInputCounter()
+    totals = [sum(len(d["ids"]) for d in samples.build_documents(source[index], spec, vocabulary, counter))
+              for index in range(min(len(source), max_records))]
+    if not any(totals):
+        raise ValueError(f"task {task_name!r}: no usable document among its first {max_records} records")
+    return float(np.mean(totals))
 
 
 def document_rates_for_token_rates(token_rates: Mapping[str, float],

@@ -1,10 +1,10 @@
 """Phase 2: the datasets registered as seqio tasks and the report's mixtures built over them.
 
 Task names are the ones the stage gin files register for training (code, text, math, repo, sft), so what is shown
-here is what the trainer reads: the stage-1 file-level mixture code:text:math 70:20:10 (by documents) and the
-stage-2 repo-level mixture, with the token shares those record rates give (a long file is many rows of
-windows, so code's token share is far above its 70% of records when rows are short), and one sample of each kind as the
-model sees it (FIM sentinels, repository headers, ChatML).
+here is what the trainer reads: the stage-1 file-level mixture code:text:math 70:20:10 (shares of tokens; the
+record rates that give them come from each task's tokens per record, since a long file is many rows of windows)
+and the stage-2 repo-level mixture, with their record and token shares, and one sample of each kind as the model
+sees it (FIM sentinels, repository headers, ChatML).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import seqio
 from qwencoder_jax.data import fim, samples, shards, tasks
 from qwencoder_jax.recipe.config import RecipeConfig
 
-NOTE = ("mixtures: the registered rates count records (tasks.py); with the demo's short rows a long file gives many "
-        "rows, so code's token share is far above 70% and math's far below 10% (the mixtures table). "
-        "tasks.document_rates_for_token_rates gives rates for token shares.")
+NOTE = ("mixtures: the report's 70:20:10 is a share of tokens; the registered record rates are the token shares "
+        "divided by each task's tokens per record, measured on its first 64 records "
+        "(tasks.register_recipe_mixtures), so the token shares drawn match it in expectation.")
 KINDS = {"code": "code_file", "repo": "code_repo", "text": "text", "math": "math", "sft": "sft"}
 
 
@@ -29,7 +29,7 @@ def register(data_dirs: dict[str, str], recipe: RecipeConfig) -> dict:
         tasks.register_source(name, data_dirs[name], kind, max_tokens=lengths[name] + 1,
                               fim_config=fim.FimConfig(fim_rate=0.0 if kind in ("text", "math", "sft") else 0.5))
     names = tasks.register_recipe_mixtures(code="code", text="text", math="math", repo="repo")
-    mean_tokens = {name: mean_record_tokens(name) for name in KINDS}
+    mean_tokens = {name: tasks.mean_record_tokens(name) for name in KINDS}
     mixtures = {}
     for mixture in ("stage1_70_20_10", "stage2_repo"):
         provider = seqio.get_mixture_or_task(mixture)
@@ -40,18 +40,6 @@ def register(data_dirs: dict[str, str], recipe: RecipeConfig) -> dict:
         mixtures[mixture] = {task: {"document_share": rates[task] / total,
                                     "token_share": token_mass[task] / token_total} for task in rates}
     return {"registered_mixtures": names, "mean_document_tokens": mean_tokens, "mixtures": mixtures}
-
-
-def mean_record_tokens(name: str, max_records: int = 64) -> float:
-    """Training tokens one record of a task gives, on average over its first records. Rates count records, and a
-    file longer than the row becomes several windows (samples.py), so this, not the tokens per window, is what
-    turns document rates into token shares."""
-    spec, vocabulary = tasks.SOURCE_SPECS[name], tasks.VOCABULARIES[name]
-    source = shards.RecordSource(shards.split_files(spec.dataset_dir, spec.split))
-    counter = fim.BadInputCounter()
-    totals = [sum(len(d["ids"]) for d in samples.build_documents(source[index], spec, vocabulary, counter))
-              for index in range(min(len(source), max_records))]
-    return float(sum(totals)) / max(len(totals), 1)
 
 
 def sample_text(name: str, max_chars: int = 240) -> str:

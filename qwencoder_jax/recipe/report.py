@@ -38,7 +38,8 @@ def sections(state: dict) -> list[tuple[str, list[str], list[list]]]:
         out.append(("Data (data_pipelines: kept / rejected with reasons; the last shard held out)",
                     data.DATA_HEADER, data.as_rows(state["data"])))
     if state.get("mixtures"):
-        out.append(("Mixtures (record rates as registered; the token shares they give: a record longer than a row gives several)", mixtures.MIXTURE_HEADER,
+        out.append(("Mixtures (record rates as registered for token shares; a record longer than a row gives several rows)",
+                    mixtures.MIXTURE_HEADER,
                     mixtures.as_rows(state["mixtures"])))
     if state.get("stages"):
         out.append(("Training (loss: mean of the first / last 5 logged steps)", stages.STAGE_HEADER,
