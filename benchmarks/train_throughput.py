@@ -9,6 +9,11 @@ xla (dot-product) attention; `bash /work/shared/tools/maxtext_reference.sh` meas
 MFU = ModelConfig.flops_per_token x tokens/s / the float32 matmul peak measured at the start of this run.
 The step is train/step.py's jitted train_step with the state donated, on a one-device mesh; timing blocks on the
 returned loss each step. Ends with the line `tokens_per_second=<float> mfu=<float>`.
+
+Head + loss: by default the vocabulary-chunked fused head + cross-entropy (train/loss.py; chunks of ~512 columns,
+exact to float32 rounding) with its matmul in float32: on this CPU the 32k-vocabulary head dominated the step
+because materialised [t, v] float32 logits and their gradient make several trips through memory, and XLA's CPU
+bfloat16 dots run at about half the float32 rate. `--vocab_chunk_size 0` measures the plain path.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import common  # noqa: E402
 from qwencoder_jax import sharding  # noqa: E402
 from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
 from qwencoder_jax.train import step as train_step_lib  # noqa: E402
+from qwencoder_jax.train.loss import LossConfig  # noqa: E402
 from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 
 
@@ -37,6 +43,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--compute_dtype", default=None, choices=["float32", "bfloat16"])
     parser.add_argument("--remat_policy", default=None)
+    parser.add_argument("--vocab_chunk_size", type=int, default=512,
+                        help="fused head + loss over vocabulary chunks of about this size; 0 = materialised logits")
+    parser.add_argument("--head_dtype", default="float32", choices=["float32", "bfloat16", "compute"],
+                        help="dtype of the fused head's matmul inputs; compute = the model's compute dtype")
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in (("compute_dtype", args.compute_dtype), ("remat_policy", args.remat_policy)) if v}
@@ -49,7 +59,10 @@ def main(argv=None) -> dict:
     optimizer = make_optimizer(OptimizerConfig(peak_learning_rate=3e-4, warmup_steps=10, total_steps=1000))
     mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=1), devices=jax.devices()[:1])
     state, shardings = train_step_lib.init_train_state(model, optimizer, mesh, jax.random.key(0))
-    step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings)
+    loss_config = LossConfig(vocab_chunk_size=args.vocab_chunk_size,
+                             head_dtype=None if args.head_dtype == "compute" or not args.vocab_chunk_size
+                             else args.head_dtype)
+    step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings, loss_config=loss_config)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.sequence + 1), 0, config.vocab_size, jnp.int32)
     batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
 
@@ -66,7 +79,7 @@ def main(argv=None) -> dict:
     tokens_per_second = args.batch * args.sequence / step_seconds
     mfu = config.flops_per_token(args.sequence, training=True) * tokens_per_second / peak
     print(f"{args.preset}: batch {args.batch} x sequence {args.sequence}, {config.num_params() / 1e6:.1f}M params, "
-          f"compute {config.compute_dtype}, params {config.param_dtype}, remat {config.remat_policy}, "
+          f"compute {config.compute_dtype}, params {config.param_dtype}, remat {config.remat_policy}, {loss_config}, "
           f"median step {step_seconds * 1e3:.1f} ms over {args.steps} steps, final loss {float(metrics['loss']):.3f}")
     print(f"tokens_per_second={tokens_per_second:.1f} mfu={mfu:.4f}", flush=True)
     return {"tokens_per_second": tokens_per_second, "mfu": mfu, "step_seconds": step_seconds, "peak": peak}

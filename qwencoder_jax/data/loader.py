@@ -75,16 +75,19 @@ def _process_shard(config: LoaderConfig) -> tuple[int, int]:
 
 
 class BuildDocuments:
-    """record bytes -> {"documents": [{ids, loss_mask, source}], "bad": {reason: count}}; picklable for workers."""
+    """record bytes -> {"documents": [{ids, loss_mask, source, source_id}], "bad": {reason: count}}; picklable for
+    workers. source_id: the source's 1-based index in its mixture (source_names), carried into the rows'
+    `source_ids` for per-source losses."""
 
-    def __init__(self, spec: samples.SourceSpec, vocabulary):
-        self.spec, self.vocabulary = spec, vocabulary
+    def __init__(self, spec: samples.SourceSpec, vocabulary, source_id: int = 0):
+        self.spec, self.vocabulary, self.source_id = spec, vocabulary, source_id
 
     def __call__(self, record: bytes) -> dict:
         counter = fim.BadInputCounter()
         documents = samples.build_documents(record, self.spec, self.vocabulary, counter)
         for document in documents:
             document["source"] = self.spec.name  # for statistics; the packer drops it
+            document["source_id"] = self.source_id
         return {"documents": documents, "bad": counter.as_dict()}
 
 
@@ -138,8 +141,14 @@ class CountBadInput(grain.IterDataset):
         return _FlattenIterator(self._parent.__iter__())
 
 
+def source_names(name: str) -> tuple[str, ...]:
+    """The sources of a registered task or mixture in the order the loader numbers them: rows' `source_ids` hold
+    1 + the index into this tuple (0 = padding)."""
+    return tuple(spec.name for spec, _, _ in tasks.resolve(name))
+
+
 def _source_dataset(spec: samples.SourceSpec, vocabulary, seed: int, config: LoaderConfig,
-                    shard: tuple[int, int]) -> grain.MapDataset:
+                    shard: tuple[int, int], source_id: int = 0) -> grain.MapDataset:
     records = grain.MapDataset.source(shards.RecordSource(shards.split_files(spec.dataset_dir, spec.split)))
     process_index, process_count = shard
     records = records[process_index::process_count]
@@ -148,11 +157,11 @@ def _source_dataset(spec: samples.SourceSpec, vocabulary, seed: int, config: Loa
                          "give it more records (shards) than processes or leave it out of the mixture")
     if config.shuffle:
         records = records.shuffle(seed=seed)
-    return records.repeat(None).map(BuildDocuments(spec, vocabulary))
+    return records.repeat(None).map(BuildDocuments(spec, vocabulary, source_id))
 
 
 def make_document_dataset(name: str, config: LoaderConfig) -> grain.IterDataset:
-    """The mixed documents ({ids, loss_mask, source}) of a registered task or mixture, before packing."""
+    """The mixed documents ({ids, loss_mask, source, source_id}) of a registered task or mixture, before packing."""
     resolved = tasks.resolve(name)
     shard = _process_shard(config)
     for spec, _, _ in resolved:
@@ -161,7 +170,7 @@ def make_document_dataset(name: str, config: LoaderConfig) -> grain.IterDataset:
                              f"sequence_length + 1 = {config.sequence_length + 1}; register it with "
                              f"max_tokens={config.sequence_length + 1}")
     # Each source's seed differs (same seed would shuffle same-sized sources identically).
-    sources = [_source_dataset(spec, vocabulary, config.seed * 1_000_003 + index, config, shard)
+    sources = [_source_dataset(spec, vocabulary, config.seed * 1_000_003 + index, config, shard, index + 1)
                for index, (spec, vocabulary, _) in enumerate(resolved)]
     rates = [rate for _, _, rate in resolved]
     mixed = sources[0] if len(sources) == 1 else grain.MapDataset.mix(sources, weights=rates)

@@ -7,6 +7,8 @@ Rows hold, each int32 [length] (batched: [batch, length], names `*_bt` in the mo
   positions    0, 1, ... restarting at every document (RoPE positions)
   loss_mask    1 where the target is trained on: never on padding, never across a document boundary, and only on
                the document's own mask (SFT: assistant tokens)
+  source_ids   the document's `source_id` (the loader numbers a mixture's sources 1, 2, ...; loader.source_names);
+               0 = padding or a document without one. Lets the trainer report the loss per source.
 
 Shift inside the document. Each document of n tokens becomes input_ids = ids[:-1], targets = ids[1:] before
 packing, so no target is ever a token of another document: the first token of a document is never predicted from
@@ -32,8 +34,8 @@ import numpy as np
 from qwencoder_jax.data.special_tokens import ENDOFTEXT, SPECIAL_TOKENS
 
 PAD_ID = SPECIAL_TOKENS[ENDOFTEXT]  # padding positions carry EOS (never 0 = "!"); segment_ids = 0 marks them
-ROW_FEATURES = ("input_ids", "targets", "segment_ids", "positions", "loss_mask")
-_PACKED = ("input_ids", "targets", "loss_mask")
+ROW_FEATURES = ("input_ids", "targets", "segment_ids", "positions", "loss_mask", "source_ids")
+_PACKED = ("input_ids", "targets", "loss_mask", "source_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,21 +51,24 @@ class PackingConfig:
 
 
 def shift_document(document: dict[str, np.ndarray], sequence_length: int) -> dict[str, np.ndarray]:
-    """{ids, loss_mask} of n tokens -> {input_ids, targets, loss_mask} of n - 1 positions (the loss mask of a
-    position is the mask of its target). Longer documents must have been cut by the sample builder."""
+    """{ids, loss_mask[, source_id]} of n tokens -> {input_ids, targets, loss_mask, source_ids} of n - 1 positions
+    (the loss mask of a position is the mask of its target). Longer documents must have been cut by the sample
+    builder."""
     ids, mask = document["ids"], document["loss_mask"]
     if len(ids) - 1 > sequence_length:
         raise ValueError(f"document of {len(ids)} tokens does not fit rows of {sequence_length} positions; build "
                          f"samples with max_tokens = sequence_length + 1 = {sequence_length + 1}")
     return {"input_ids": ids[:-1].astype(np.int32), "targets": ids[1:].astype(np.int32),
-            "loss_mask": mask[1:].astype(np.int32)}
+            "loss_mask": mask[1:].astype(np.int32),
+            "source_ids": np.full(len(ids) - 1, int(document.get("source_id", 0)), np.int32)}
 
 
 def _finish_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     segment_ids = packed["input_ids_segment_ids"].astype(np.int32)
     return {"input_ids": packed["input_ids"].astype(np.int32), "targets": packed["targets"].astype(np.int32),
             "segment_ids": segment_ids, "positions": packed["input_ids_positions"].astype(np.int32),
-            "loss_mask": (packed["loss_mask"] * (segment_ids > 0)).astype(np.int32)}
+            "loss_mask": (packed["loss_mask"] * (segment_ids > 0)).astype(np.int32),
+            "source_ids": (packed["source_ids"] * (segment_ids > 0)).astype(np.int32)}
 
 
 def pack_dataset(shifted: grain.IterDataset, config: PackingConfig) -> grain.IterDataset:
@@ -72,7 +77,7 @@ def pack_dataset(shifted: grain.IterDataset, config: PackingConfig) -> grain.Ite
     packed = grain.experimental.FirstFitPackIterDataset(
         shifted, length_struct={name: length for name in _PACKED}, num_packing_bins=config.num_packing_bins,
         seed=config.seed, shuffle_bins=config.shuffle_rows,
-        padding_struct={"input_ids": PAD_ID, "targets": PAD_ID, "loss_mask": 0})
+        padding_struct={"input_ids": PAD_ID, "targets": PAD_ID, "loss_mask": 0, "source_ids": 0})
     return packed.map(_finish_row)
 
 
@@ -100,7 +105,8 @@ def pack_rows(documents: list[dict[str, np.ndarray]], sequence_length: int) -> d
         total = int(sizes.sum())
         starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
         for name in _PACKED:
-            out[name][row_index, :total] = np.concatenate([d[name] for d in row])
+            out[name][row_index, :total] = np.concatenate(
+                [d[name] if name in d else np.zeros(len(d["input_ids"]), np.int32) for d in row])
         out["segment_ids"][row_index, :total] = np.repeat(np.arange(1, len(row) + 1), sizes)
         out["positions"][row_index, :total] = np.arange(total) - starts
     return out

@@ -4,7 +4,8 @@
         --gin.CODE_DIR='"runs/data/code"' --gin.TOTAL_STEPS=100 --workdir=runs/stage1
 
 Gin binds only these top-level constructors: `train` (the run), `model_config` (a preset plus overrides),
-`loader_config`, `optimizer_config`, and the mesh (qwencoder_jax.sharding.mesh_config_from_shape, gin/mesh.gin).
+`loader_config`, `optimizer_config`, `loss_config`, and the mesh (qwencoder_jax.sharding.mesh_config_from_shape,
+gin/mesh.gin).
 Every binding is parsed, and every configurable called, before any data is read or any array built: an unknown
 or mistyped name fails with gin's own message first. The operative config lands in WORKDIR/operative_config.gin.
 `--gin.KEY=VALUE` is `KEY = VALUE` in gin syntax (strings need their quotes: --gin.X='"a"').
@@ -22,6 +23,7 @@ import gin
 from qwencoder_jax import sharding
 from qwencoder_jax.data.loader import LoaderConfig
 from qwencoder_jax.model.config import ModelConfig, get_preset
+from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig
 from qwencoder_jax.train.trainer import DataSource, TrainerConfig
 
@@ -41,9 +43,12 @@ def model_config(preset: str = gin.REQUIRED, rope_theta: float | None = None, co
 
 @gin.configurable
 def loader_config(sequence_length: int = gin.REQUIRED, batch_size: int = gin.REQUIRED, seed: int = 0,
-                  num_workers: int = 0, read_threads: int = 1) -> LoaderConfig:
+                  num_workers: int = 0, read_threads: int = 1, process_index: int | None = None,
+                  process_count: int | None = None) -> LoaderConfig:
+    """batch_size is per process. process_index/process_count: the loader's view of the processes (None: jax's);
+    process_count=1 makes every process read the whole stream (parity tests against a one-process run)."""
     return LoaderConfig(sequence_length=sequence_length, batch_size=batch_size, seed=seed, num_workers=num_workers,
-                        read_threads=read_threads)
+                        read_threads=read_threads, process_index=process_index, process_count=process_count)
 
 
 def _optimizer_config(**fields: Any) -> OptimizerConfig:
@@ -56,12 +61,20 @@ optimizer_config = gin.configurable("optimizer_config", allowlist=list(Optimizer
 
 
 @gin.configurable
+def loss_config(vocab_chunk_size: int = 0, head_dtype: str | None = None) -> LossConfig:
+    """The head + loss execution (train/loss.py): vocab_chunk_size > 0 fuses them over vocabulary chunks;
+    head_dtype="float32" computes that head matmul in float32 (faster than bfloat16 on CPU)."""
+    return LossConfig(vocab_chunk_size=vocab_chunk_size, head_dtype=head_dtype)
+
+
+@gin.configurable
 def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.REQUIRED,
           total_steps: int = gin.REQUIRED, data_sources: Sequence[Sequence[Any]] = (), recipe_groups: dict | None = None,
           loader: LoaderConfig = gin.REQUIRED, optimizer: OptimizerConfig = gin.REQUIRED,
           mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
-          inference_overrides: dict | None = None) -> tuple[TrainerConfig, dict]:
+          inference_overrides: dict | None = None,
+          loss: LossConfig | None = None) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
@@ -70,7 +83,7 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1))
+                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig())
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})
@@ -116,7 +129,10 @@ def main(argv: Sequence[str]) -> int:
     if args.dry_run:
         print(f"dry run: config written to {workdir / 'operative_config.gin'}")
         return 0
+    from qwencoder_jax import distributed
     from qwencoder_jax.train.trainer import Trainer
+
+    distributed.initialize()  # multi-process runs (env from launch/local.py, or a TPU pod); else a no-op
 
     result = Trainer(config).run()
     print(f"stopped: {result.stop_reason} at step {result.final_step}; last good checkpoint "

@@ -1,29 +1,198 @@
-"""Next-token cross-entropy in float32, with a loss mask and optional z-loss."""
+"""Next-token cross-entropy in float32, with a loss mask, optional z-loss and per-source sums.
+
+Two ways to the same numbers:
+  cross_entropy(logits_btv, ...)               from materialised logits (the model's ordinary output)
+  fused_head_cross_entropy(x_btd, w_vd, ...)   from the final hidden states and the output projection, a
+                                               vocabulary chunk at a time: the [b, t, v] logits never exist
+
+Why the fused form. With a large vocabulary the head and its loss dominate a small model's step, and most of that
+time is memory traffic rather than FLOPs: the plain path writes float32 logits [t, v], reads them for the max, the
+logsumexp, the gather, then writes and reads a [t, v] gradient of the same size, each pass a full trip through
+memory. The fused form keeps a [t, chunk] block in cache, carries an online logsumexp (running max and rescaled
+sum) over chunks, and in the backward pass recomputes each chunk's logits to form its gradient block
+(softmax - one-hot) and immediately contracts it into dx and that chunk's dW. One extra head matmul buys never
+holding more than [t, chunk] floats. Results equal the plain path up to float32 summation order (tests check).
+
+`LossConfig.head_dtype` optionally computes the head matmul in another dtype than the model's compute dtype
+(float32 on CPU, where XLA's bfloat16 dots run at about half the float32 speed). It is an execution choice for a
+machine, off by default, so a bf16 run on TPU keeps bf16 head matmuls with float32 accumulation.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    vocab_chunk_size: int = 0  # > 0: fused head + loss over vocabulary chunks of about this size; 0: plain logits
+    head_dtype: str | None = None  # dtype of the head matmul's inputs; None: the model's compute dtype
+
+    def __post_init__(self):
+        if self.vocab_chunk_size < 0:
+            raise ValueError(f"vocab_chunk_size must be >= 0 (0 = materialise logits), got {self.vocab_chunk_size}")
+        if self.head_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"head_dtype must be None, 'float32' or 'bfloat16', got {self.head_dtype!r}")
+
+
+def reduce_token_losses(log_normaliser_bt: jnp.ndarray, target_logits_bt: jnp.ndarray, weights_bt: jnp.ndarray | None,
+                        z_loss: float = 0.0, source_ids_bt: jnp.ndarray | None = None,
+                        num_sources: int = 0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """(loss, stats) from per-token log-normalisers and target logits; shared by both paths.
+
+    stats: `loss_sum`, `z_loss_sum`, `weight_sum` (scalars) and, when num_sources > 0, `loss_sum_by_source` and
+    `weight_sum_by_source` ([num_sources + 1]; index 0 collects tokens of no known source, e.g. padding).
+    """
+    if weights_bt is None:
+        weights_bt = jnp.ones(target_logits_bt.shape, jnp.float32)
+    weights_bt = weights_bt.astype(jnp.float32)
+    token_loss_bt = log_normaliser_bt - target_logits_bt
+    loss_sum = jnp.sum(token_loss_bt * weights_bt)
+    z_loss_sum = jnp.sum(jnp.square(log_normaliser_bt) * weights_bt)
+    weight_sum = jnp.sum(weights_bt)
+    loss = (loss_sum + z_loss * z_loss_sum) / jnp.maximum(weight_sum, 1.0)
+    stats = {"loss_sum": loss_sum, "z_loss_sum": z_loss_sum, "weight_sum": weight_sum}
+    if num_sources > 0:
+        if source_ids_bt is None:
+            raise ValueError("num_sources > 0 needs source_ids (int [batch, length]; the loader's `source_ids`)")
+        one_hot_bts = jax.nn.one_hot(source_ids_bt, num_sources + 1, dtype=jnp.float32)
+        # Gradients never flow through the per-source sums (they are metrics only).
+        stats["loss_sum_by_source"] = jax.lax.stop_gradient(
+            jnp.einsum("bts,bt->s", one_hot_bts, token_loss_bt * weights_bt))
+        stats["weight_sum_by_source"] = jnp.einsum("bts,bt->s", one_hot_bts, weights_bt)
+    return loss, stats
+
+
 def cross_entropy(logits_btv: jnp.ndarray, targets_bt: jnp.ndarray, weights_bt: jnp.ndarray | None = None,
-                  z_loss: float = 0.0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+                  z_loss: float = 0.0, source_ids_bt: jnp.ndarray | None = None,
+                  num_sources: int = 0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Mean token loss over positions with weight > 0, and the sums it came from.
 
     logits_btv predict targets_bt at the same index (the caller shifts). Returns (loss, stats) where stats hold
     `loss_sum`, `z_loss_sum` and `weight_sum` so that accumulation and per-source losses can re-weight exactly.
     """
     logits_btv = logits_btv.astype(jnp.float32)
-    if weights_bt is None:
-        weights_bt = jnp.ones(targets_bt.shape, jnp.float32)
-    weights_bt = weights_bt.astype(jnp.float32)
     log_normaliser_bt = jax.nn.logsumexp(logits_btv, axis=-1)
     target_logits_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
-    token_loss_bt = log_normaliser_bt - target_logits_bt
-    loss_sum = jnp.sum(token_loss_bt * weights_bt)
-    z_loss_sum = jnp.sum(jnp.square(log_normaliser_bt) * weights_bt)
-    weight_sum = jnp.sum(weights_bt)
-    denominator = jnp.maximum(weight_sum, 1.0)
-    loss = (loss_sum + z_loss * z_loss_sum) / denominator
-    return loss, {"loss_sum": loss_sum, "z_loss_sum": z_loss_sum, "weight_sum": weight_sum}
+    return reduce_token_losses(log_normaliser_bt, target_logits_bt, weights_bt, z_loss, source_ids_bt, num_sources)
 
+
+def chunk_layout(vocab_size: int, chunk_size: int) -> tuple[int, int]:
+    """(number of chunks, chunk length): an exact divisor of the vocabulary in [chunk_size / 2, chunk_size] when
+    there is one (no padding copy of the projection), else equal chunks with the last one padded."""
+    if chunk_size >= vocab_size:
+        return 1, vocab_size
+    for length in range(chunk_size, chunk_size // 2 - 1, -1):
+        if vocab_size % length == 0:
+            return vocab_size // length, length
+    count = -(-vocab_size // chunk_size)
+    return count, -(-vocab_size // count)
+
+
+def _chunked_projection(w_vd: jnp.ndarray, count: int, length: int) -> jnp.ndarray:
+    padding = count * length - w_vd.shape[0]
+    if padding:
+        w_vd = jnp.pad(w_vd, ((0, padding), (0, 0)))
+    return w_vd.reshape(count, length, w_vd.shape[1])  # row-major [v, d]: a free reshape
+
+
+def _chunk_logits(x_nd, w_cd, offset, vocab_size, dot_dtype, padded):
+    logits_nc = jnp.einsum("nd,cd->nc", x_nd.astype(dot_dtype), w_cd.astype(dot_dtype),
+                           preferred_element_type=jnp.float32)
+    if not padded:  # static: only a padded last chunk needs its spare columns masked out
+        return logits_nc
+    columns_c = offset + jnp.arange(w_cd.shape[0])
+    return jnp.where(columns_c[None, :] < vocab_size, logits_nc, -jnp.inf)
+
+
+def _target_logits(x_nd, w_vd, targets_n, dot_dtype):
+    """The target's logit per row: one gathered projection row per token, outside the chunk loop (no [n, chunk]
+    compare-and-select per chunk)."""
+    w_nd = jnp.take(w_vd, targets_n, axis=0).astype(dot_dtype)
+    return jnp.einsum("nd,nd->n", x_nd.astype(dot_dtype), w_nd, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _head_log_normaliser(x_nd, w_vd, targets_n, chunk_size, dot_dtype):
+    return _head_forward(x_nd, w_vd, targets_n, chunk_size, dot_dtype)[0]
+
+
+def _head_forward(x_nd, w_vd, targets_n, chunk_size, dot_dtype):
+    vocab_size = w_vd.shape[0]
+    count, length = chunk_layout(vocab_size, chunk_size)
+    padded = count * length != vocab_size
+    w_kcd = _chunked_projection(w_vd, count, length)
+    n = x_nd.shape[0]
+
+    def body(carry, inputs):
+        max_n, sum_n = carry
+        w_cd, offset = inputs
+        logits_nc = _chunk_logits(x_nd, w_cd, offset, vocab_size, dot_dtype, padded)
+        new_max_n = jnp.maximum(max_n, jnp.max(logits_nc, axis=-1))
+        sum_n = sum_n * jnp.exp(max_n - new_max_n) + jnp.sum(jnp.exp(logits_nc - new_max_n[:, None]), axis=-1)
+        return (new_max_n, sum_n), None
+
+    init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32))
+    (max_n, sum_n), _ = jax.lax.scan(body, init, (w_kcd, jnp.arange(count) * length))
+    log_normaliser_n = max_n + jnp.log(sum_n)
+    outputs = (log_normaliser_n, _target_logits(x_nd, w_vd, targets_n, dot_dtype))
+    return outputs, (x_nd, w_vd, targets_n, log_normaliser_n)
+
+
+def _head_backward(chunk_size, dot_dtype, residuals, cotangents):
+    x_nd, w_vd, targets_n, log_normaliser_n = residuals
+    grad_normaliser_n, grad_target_n = cotangents
+    vocab_size, hidden = w_vd.shape
+    count, length = chunk_layout(vocab_size, chunk_size)
+    padded = count * length != vocab_size
+    w_kcd = _chunked_projection(w_vd, count, length)
+    x_dot_nd = x_nd.astype(dot_dtype)
+
+    def body(dx_nd, inputs):
+        w_cd, offset = inputs
+        logits_nc = _chunk_logits(x_nd, w_cd, offset, vocab_size, dot_dtype, padded)
+        # d loss / d logits = g_normaliser * softmax (+ g_target * one-hot, added outside the loop)
+        dlogits_nc = (grad_normaliser_n[:, None] * jnp.exp(logits_nc - log_normaliser_n[:, None])).astype(dot_dtype)
+        dx_nd = dx_nd + jnp.einsum("nc,cd->nd", dlogits_nc, w_cd.astype(dot_dtype), preferred_element_type=jnp.float32)
+        dw_cd = jnp.einsum("nc,nd->cd", dlogits_nc, x_dot_nd, preferred_element_type=jnp.float32)
+        return dx_nd, dw_cd
+
+    dx_nd, dw_kcd = jax.lax.scan(body, jnp.zeros((x_nd.shape[0], hidden), jnp.float32),
+                                 (w_kcd, jnp.arange(count) * length))
+    dw_vd = dw_kcd.reshape(count * length, hidden)[:vocab_size]
+    # The one-hot part: each token adds g_target * w[target] to dx and g_target * x to its target's row of dW.
+    dx_nd = dx_nd + grad_target_n[:, None] * jnp.take(w_vd, targets_n, axis=0).astype(dot_dtype).astype(jnp.float32)
+    dw_vd = dw_vd.at[targets_n].add(grad_target_n[:, None] * x_dot_nd.astype(jnp.float32))
+    return dx_nd.astype(x_nd.dtype), dw_vd.astype(w_vd.dtype), None
+
+
+_head_log_normaliser.defvjp(_head_forward, _head_backward)
+
+
+def fused_head_cross_entropy(x_btd: jnp.ndarray, w_vd: jnp.ndarray, targets_bt: jnp.ndarray,
+                             weights_bt: jnp.ndarray | None = None, z_loss: float = 0.0,
+                             source_ids_bt: jnp.ndarray | None = None, num_sources: int = 0,
+                             chunk_size: int = 4096,
+                             head_dtype=None) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """cross_entropy(x_btd @ w_vd.T in float32, ...) without materialising the logits.
+
+    x_btd: final hidden states (the model's `return_hidden=True` output); w_vd: the output projection as
+    [vocab, hidden] (`output_projection(config, params).T`: for tied models that is the embedding table itself).
+    head_dtype: dtype of the matmul inputs (None: x_btd's dtype, as the model's own head does); accumulation and
+    everything after it are float32.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if x_btd.shape[-1] != w_vd.shape[1]:
+        raise ValueError(f"hidden states of width {x_btd.shape[-1]} do not match the projection {w_vd.shape} "
+                         "([vocab, hidden]; pass output_projection(config, params).T)")
+    dot_dtype = jnp.dtype(head_dtype) if head_dtype is not None else x_btd.dtype
+    b, t, d = x_btd.shape
+    log_normaliser_n, target_n = _head_log_normaliser(x_btd.reshape(b * t, d), w_vd, targets_bt.reshape(b * t),
+                                                      chunk_size, dot_dtype)
+    return reduce_token_losses(log_normaliser_n.reshape(b, t), target_n.reshape(b, t), weights_bt, z_loss,
+                               source_ids_bt, num_sources)

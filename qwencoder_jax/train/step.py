@@ -8,8 +8,9 @@
     state, metrics = step_fn(state, batch)        # batch laid out by sharding.data_sharding(mesh)
 
 Batches are dicts of [batch, length] arrays: `input_ids` and `targets` (already shifted), optionally
-`segment_ids`, `positions` (packed rows) and `loss_weights`. The loop (I/O, checkpoints, metrics, signals) lives
-elsewhere and builds around this function; nothing here reads files or clocks.
+`segment_ids`, `positions` (packed rows), `loss_weights` and `source_ids` (1-based index of each token's mixture
+source, 0 = none; with num_sources > 0 the metrics carry per-source loss sums and token counts). The loop (I/O,
+checkpoints, metrics, signals) lives elsewhere and builds around this function; nothing here reads files or clocks.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import jax.numpy as jnp
 import optax
 
 from qwencoder_jax import sharding
-from qwencoder_jax.train.loss import cross_entropy
+from qwencoder_jax.model.transformer import output_projection
+from qwencoder_jax.train.loss import LossConfig, cross_entropy, fused_head_cross_entropy
 
-BATCH_KEYS = ("input_ids", "targets", "segment_ids", "positions", "loss_weights")
+BATCH_KEYS = ("input_ids", "targets", "segment_ids", "positions", "loss_weights", "source_ids")
 
 
 @flax.struct.dataclass
@@ -43,10 +45,20 @@ def adamw(learning_rate: float | optax.Schedule = 3e-4, weight_decay: float = 0.
     return optax.chain(*transforms)
 
 
-def loss_fn(model: nn.Module, params: Any, batch: dict[str, jax.Array],
-            z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logits_btv = model.apply({"params": params}, batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
-    return cross_entropy(logits_btv, batch["targets"], batch.get("loss_weights"), z_loss=z_loss)
+def loss_fn(model: nn.Module, params: Any, batch: dict[str, jax.Array], z_loss: float = 0.0,
+            loss_config: LossConfig = LossConfig(), num_sources: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    args = (batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
+    loss_args = dict(weights_bt=batch.get("loss_weights"), z_loss=z_loss, source_ids_bt=batch.get("source_ids"),
+                     num_sources=num_sources)
+    if loss_config.vocab_chunk_size:
+        x_btd = model.apply({"params": params}, *args, return_hidden=True)
+        w_vd = output_projection(model.config, params).T  # tied: the embedding table itself, no copy
+        return fused_head_cross_entropy(x_btd, w_vd, batch["targets"], chunk_size=loss_config.vocab_chunk_size,
+                                        head_dtype=loss_config.head_dtype, **loss_args)
+    if loss_config.head_dtype is not None:
+        raise ValueError("LossConfig.head_dtype applies to the fused head only; set vocab_chunk_size > 0 as well")
+    logits_btv = model.apply({"params": params}, *args)
+    return cross_entropy(logits_btv, batch["targets"], **loss_args)
 
 
 def loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array]):
@@ -55,7 +67,7 @@ def loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array]):
 
 
 def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array], accumulation_steps: int,
-                               z_loss: float = 0.0):
+                               z_loss: float = 0.0, loss_config: LossConfig = LossConfig(), num_sources: int = 0):
     """loss_and_grads over `accumulation_steps` microbatches (a scan over the leading rows), normalised by the
     loss weight of the whole batch, so the result equals one pass over the batch up to summation order."""
     rows = batch["input_ids"].shape[0]
@@ -65,7 +77,7 @@ def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, j
     micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, rows // accumulation_steps, *x.shape[1:]), batch)
 
     def sums(p, microbatch):
-        _, stats = loss_fn(model, p, microbatch, z_loss)
+        _, stats = loss_fn(model, p, microbatch, z_loss, loss_config, num_sources)
         return stats["loss_sum"] + z_loss * stats["z_loss_sum"], stats
 
     def body(carry, microbatch):
@@ -73,8 +85,8 @@ def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, j
         (_, stats), grads = jax.value_and_grad(sums, has_aux=True)(params, microbatch)
         return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
 
-    zeros_stats = {"loss_sum": jnp.zeros((), jnp.float32), "z_loss_sum": jnp.zeros((), jnp.float32),
-                   "weight_sum": jnp.zeros((), jnp.float32)}
+    zeros_stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
+        lambda: loss_fn(model, params, jax.tree.map(lambda x: x[0], micro), z_loss, loss_config, num_sources)[1]))
     (grads_sum, stats), _ = jax.lax.scan(body, (jax.tree.map(jnp.zeros_like, params), zeros_stats), micro)
     denominator = jnp.maximum(stats["weight_sum"], 1.0)
     loss = (stats["loss_sum"] + z_loss * stats["z_loss_sum"]) / denominator
@@ -82,19 +94,25 @@ def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, j
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, accumulation_steps: int = 1,
-                    z_loss: float = 0.0) -> Callable:
+                    z_loss: float = 0.0, loss_config: LossConfig = LossConfig(), num_sources: int = 0) -> Callable:
     """The pure step function (unjitted, so callers can wrap it). accumulation_steps > 1 scans over microbatches
-    (one optimizer update per call); z_loss adds the log-normaliser penalty to the loss being minimised."""
+    (one optimizer update per call); z_loss adds the log-normaliser penalty to the loss being minimised;
+    loss_config picks the plain or the vocabulary-chunked head + loss (same result); num_sources > 0 adds
+    `loss_sum_by_source` and `tokens_by_source` ([num_sources + 1], index 0 = no source) to the metrics."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         if accumulation_steps > 1:
-            (loss, stats), grads = accumulated_loss_and_grads(model, state.params, batch, accumulation_steps, z_loss)
+            (loss, stats), grads = accumulated_loss_and_grads(model, state.params, batch, accumulation_steps, z_loss,
+                                                              loss_config, num_sources)
         else:
-            (loss, stats), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch, z_loss), has_aux=True)(
-                state.params)
+            (loss, stats), grads = jax.value_and_grad(
+                lambda p: loss_fn(model, p, batch, z_loss, loss_config, num_sources), has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": stats["weight_sum"]}
+        if num_sources > 0:
+            metrics["loss_sum_by_source"] = stats["loss_sum_by_source"]
+            metrics["tokens_by_source"] = stats["weight_sum_by_source"]
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -149,7 +167,8 @@ def batch_shardings(mesh, batch: dict[str, Any], rules=sharding.LOGICAL_AXIS_RUL
 
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh, shardings: TrainState,
                    batch_keys: tuple[str, ...] = ("input_ids", "targets"), rules=sharding.LOGICAL_AXIS_RULES,
-                   donate: bool = True, accumulation_steps: int = 1, z_loss: float = 0.0) -> Callable:
+                   donate: bool = True, accumulation_steps: int = 1, z_loss: float = 0.0,
+                   loss_config: LossConfig = LossConfig(), num_sources: int = 0) -> Callable:
     """The step jitted with explicit in/out shardings; calls run under the mesh and the rules so the model's
     activation constraints and the splash backend's shard_map see them."""
     unknown = sorted(set(batch_keys) - set(BATCH_KEYS))
@@ -157,9 +176,10 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, me
         raise ValueError(f"unknown batch keys {unknown}; a batch holds some of {BATCH_KEYS}")
     batch_sharding = {key: sharding.data_sharding(mesh, 2, rules) for key in batch_keys}
     replicated = sharding.replicated(mesh)
-    metrics_sharding = {"loss": replicated, "grad_norm": replicated, "tokens": replicated}
-    jitted = jax.jit(make_train_step(model, optimizer, accumulation_steps, z_loss), in_shardings=(shardings, batch_sharding),
-                     out_shardings=(shardings, metrics_sharding), donate_argnums=(0,) if donate else ())
+    train_step = make_train_step(model, optimizer, accumulation_steps, z_loss, loss_config, num_sources)
+    # Every metric is replicated (a sharding prefix covers the whole metrics dict).
+    jitted = jax.jit(train_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+                     donate_argnums=(0,) if donate else ())
 
     def step(state: TrainState, batch: dict[str, jax.Array]):
         with sharding.activate(mesh, rules):

@@ -6,7 +6,9 @@ WORKDIR/
   checkpoints/<step>/   orbax composite: params, opt_state, model_config (JSON), data (grain iterator), trainer
                         (JSON: step) -- `qwencoder_jax.checkpoints.load(WORKDIR)` reads the model from it
   metrics.jsonl         one object per logged step: step, loss, grad_norm, learning_rate, tokens_per_second,
-                        step_time, mfu, tokens (loss-bearing tokens of the step)
+                        step_time, mfu, tokens (loss-bearing tokens of the step), and per mixture source
+                        `loss/<source>` (its tokens' mean cross-entropy, z-loss excluded; absent when the step
+                        held none of its tokens) and `tokens/<source>`
   tensorboard/          event files of the same scalars
 
 Behaviour:
@@ -44,6 +46,7 @@ from qwencoder_jax.data import fim, loader, tasks
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 from qwencoder_jax.train import step as step_lib
+from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
 
 log = logging.getLogger("qwencoder_jax.train")
@@ -67,6 +70,7 @@ class TrainerConfig:
     total_steps: int
     loader: loader.LoaderConfig = loader.LoaderConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+    loss: LossConfig = LossConfig()  # plain or vocabulary-chunked head + loss (same numbers; see train/loss.py)
     data_sources: tuple[DataSource, ...] = ()  # registered before the loader is built
     # Groups for tasks.register_recipe_mixtures: {"code": name or {name: rate}, "text": ..., "math": ..., "repo": ...}.
     recipe_groups: Any = None
@@ -149,9 +153,11 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer)
         self.schedule = make_schedule(config.optimizer)
         self.abstract_state, self.shardings = step_lib.state_shardings(self.model, self.optimizer, self.mesh)
+        self.source_names = loader.source_names(config.mixture)
         self.step_fn = step_lib.jit_train_step(
             self.model, self.optimizer, self.mesh, self.shardings, batch_keys=step_lib.BATCH_KEYS,
-            accumulation_steps=config.optimizer.accumulation_steps, z_loss=config.optimizer.z_loss)
+            accumulation_steps=config.optimizer.accumulation_steps, z_loss=config.optimizer.z_loss,
+            loss_config=config.loss, num_sources=len(self.source_names))
         self.batch_sharding = sharding.data_sharding(self.mesh, 2)
         options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                                enable_async_checkpointing=config.async_checkpoints, create=True)
@@ -250,7 +256,8 @@ class Trainer:
             """Reads one step's metrics (blocking on it); logs them; False if they are not finite."""
             nonlocal last_time
             step, metrics = step_and_metrics
-            values = {key: float(value) for key, value in jax.device_get(metrics).items()}
+            fetched = jax.device_get(metrics)
+            values = {key: float(value) for key, value in fetched.items() if np.ndim(value) == 0}
             now = time.perf_counter()
             step_time, last_time = now - last_time, now
             losses[step] = values["loss"]
@@ -262,6 +269,7 @@ class Trainer:
                           "learning_rate": float(self.schedule(step - 1)), "tokens": values["tokens"],
                           "tokens_per_second": tokens_per_second, "step_time": step_time,
                           "mfu": flops_per_token * tokens_per_second / peak}
+                record.update(self._per_source(fetched))
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
@@ -314,6 +322,18 @@ class Trainer:
                 iterator.close()
         return TrainResult(final_step=final_step, stop_reason=stop_reason, resumed_from=resumed_from,
                            last_good_checkpoint=last_good, losses=losses, messages=tuple(self.messages))
+
+    def _per_source(self, fetched: dict) -> dict[str, float]:
+        """loss/<source> and tokens/<source> from the step's per-source sums (index 0 = padding, not reported)."""
+        if "tokens_by_source" not in fetched:
+            return {}
+        record = {}
+        for index, name in enumerate(self.source_names, start=1):
+            tokens = float(fetched["tokens_by_source"][index])
+            record[f"tokens/{name}"] = tokens
+            if tokens > 0:
+                record[f"loss/{name}"] = float(fetched["loss_sum_by_source"][index]) / tokens
+        return record
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_requested = True
