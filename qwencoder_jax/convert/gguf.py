@@ -193,8 +193,31 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
     return config, params_from_hf(config, read)
 
 
+TOKENIZER_FILE = "tokenizer.json"  # beside the checkpoint's items; qwencoder_jax.eval.generate looks for it
+
+
+def write_tokenizer(path: str | os.PathLike, output_file: str | os.PathLike) -> bool:
+    """The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata, as a `tokenizers` tokenizer.json.
+
+    False (nothing written) for files without a tokenizer. transformers' GGUF tokenizer builder does the
+    reconstruction (BPE merges, pre-tokeniser regex, special tokens), the same one `AutoTokenizer.from_pretrained(
+    dir, gguf_file=...)` uses, without loading the model around it.
+    """
+    if GGUFFile(path).reader.get_field("tokenizer.ggml.tokens") is None:
+        return False
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    architecture, tokenizer_dict, _ = get_gguf_tokenizer(str(path))
+    tokenizer, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    tokenizer.save(str(output_file))
+    return True
+
+
 def gguf_to_orbax(path: str | os.PathLike, ckpt_dir: str | os.PathLike, *, dtype: str = "float32",
                   overwrite: bool = False) -> Path:
+    """Convert, and store the file's tokenizer (if it has one) as CKPT_DIR/tokenizer.json."""
     check_output_dir(ckpt_dir, overwrite)
     config, params = read_gguf(path, dtype=dtype)
-    return checkpoints.save_model(ckpt_dir, config, params, overwrite=overwrite)
+    directory = checkpoints.save_model(ckpt_dir, config, params, overwrite=overwrite)
+    write_tokenizer(path, directory / TOKENIZER_FILE)
+    return directory

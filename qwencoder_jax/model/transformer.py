@@ -34,6 +34,7 @@ _REMAT_POLICIES = {
 
 class DecoderLayer(nn.Module):
     config: ModelConfig
+    decode: str | None = None  # KV-cache mode of the attention (see Attention); None when training
 
     @nn.compact
     def __call__(self, x_btd, segment_ids_bt, cos_bte, sin_bte):
@@ -41,14 +42,14 @@ class DecoderLayer(nn.Module):
         param = dtype_of(cfg.param_dtype)
         x_btd = nn.with_logical_constraint(x_btd, ("act_batch", "act_length", "act_embed"))
         h_btd = RMSNorm(cfg.rms_norm_eps, param, name="input_norm")(x_btd)
-        x_btd = x_btd + Attention(cfg, name="attention")(h_btd, segment_ids_bt, cos_bte, sin_bte)
+        x_btd = x_btd + Attention(cfg, self.decode, name="attention")(h_btd, segment_ids_bt, cos_bte, sin_bte)
         h_btd = RMSNorm(cfg.rms_norm_eps, param, name="post_attention_norm")(x_btd)
         x_btd = x_btd + MLP(cfg, name="mlp")(h_btd)
         return x_btd, None  # the (carry, output) form nn.scan wants
 
 
-def _layer_class(config: ModelConfig):
-    if config.remat_policy == "none":
+def _layer_class(config: ModelConfig, decode: str | None = None):
+    if config.remat_policy == "none" or decode is not None:  # remat only trades memory in backward passes
         return DecoderLayer
     return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers)
 
@@ -63,7 +64,13 @@ class Embed(nn.Module):
             (cfg.vocab_size, cfg.hidden_size), dtype_of(cfg.param_dtype))
 
     def __call__(self, input_ids_bt):
-        return jnp.take(self.embedding, input_ids_bt, axis=0).astype(dtype_of(self.config.compute_dtype))
+        # Gathering rows of a table sharded on both axes (vocab over tensor, embed over fsdp) into batch-sharded
+        # activations is a layout change XLA's partitioner can only do by rematerialising the whole gather on
+        # every device. So: all-gather the embed axis first (as FSDP does for every weight it uses), gather locally
+        # from the vocabulary shard (a masked lookup plus one all-reduce over tensor), and pin the result's layout.
+        table_vd = nn.with_logical_constraint(self.embedding, ("vocab", None))
+        x_btd = jnp.take(table_vd, input_ids_bt, axis=0).astype(dtype_of(self.config.compute_dtype))
+        return nn.with_logical_constraint(x_btd, ("act_batch", "act_length", "act_embed"))
 
     def attend(self, x_btd):
         table_vd = self.embedding.astype(x_btd.dtype)
@@ -87,7 +94,8 @@ class Transformer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids_bt, segment_ids_bt=None, positions_bt=None, return_hidden: bool = False):
+    def __call__(self, input_ids_bt, segment_ids_bt=None, positions_bt=None, return_hidden: bool = False,
+                 decode: str | None = None):
         """Float32 logits [b, t, v]. Without segment ids each row is one document starting at position 0.
 
         return_hidden: return the final-normed hidden states [b, t, d] instead of logits (for losses that apply
@@ -95,6 +103,8 @@ class Transformer(nn.Module):
 
         segment_ids_bt: documents of a packed row (equal ids attend to each other; 0 is padding by convention).
         positions_bt: each token's position inside its document (restarts at 0 for each packed document).
+        decode: None, or "prefill" / "step" to fill / extend the KV cache held in the mutable "cache" collection
+            (`qwencoder_jax.model.kv_cache` builds it and runs the decoding loop).
         """
         cfg = self.config
         input_ids_bt = jnp.asarray(input_ids_bt)
@@ -112,14 +122,15 @@ class Transformer(nn.Module):
         cos_bte, sin_bte = rope_cos_sin(cfg, positions_bt)
 
         if cfg.scan_layers:
-            layers = nn.scan(_layer_class(cfg), variable_axes={"params": 0}, split_rngs={"params": True},
+            layers = nn.scan(_layer_class(cfg, decode), variable_axes={"params": 0, "cache": 0},
+                             split_rngs={"params": True},
                              in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                              metadata_params={nn.PARTITION_NAME: "layers"})
-            x_btd, _ = layers(cfg, name="layers")(x_btd, segment_ids_bt, cos_bte, sin_bte)
+            x_btd, _ = layers(cfg, decode, name="layers")(x_btd, segment_ids_bt, cos_bte, sin_bte)
         else:
-            layer_class = _layer_class(cfg)
+            layer_class = _layer_class(cfg, decode)
             for i in range(cfg.num_layers):
-                x_btd, _ = layer_class(cfg, name=f"layers_{i}")(x_btd, segment_ids_bt, cos_bte, sin_bte)
+                x_btd, _ = layer_class(cfg, decode, name=f"layers_{i}")(x_btd, segment_ids_bt, cos_bte, sin_bte)
 
         x_btd = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), name="final_norm")(x_btd)
         if return_hidden:

