@@ -1,6 +1,7 @@
 """The synthesis and judge clients against a real local HTTP server (http.server in a thread) standing in for a
 model deterministically: retries after 500s, a hanging server (timeout), malformed JSON (counted rejection)."""
 
+import dataclasses
 import http.server
 import json
 import threading
@@ -154,3 +155,25 @@ def test_the_shipped_checklist_is_the_reports_nine_points():
 
     path = os.path.join(os.path.dirname(judge.__file__), "checklist.json")
     assert judge.JudgeConfig.from_json(path) == judge.JudgeConfig() and len(judge.REPORT_CHECKLIST) == 9
+
+
+def test_synthesis_through_a_local_checkpoint(tmp_path):
+    """`checkpoint:PATH` drives synthesis with our own Generator (a random tiny Qwen-vocabulary model: the text is
+    noise, but every request is rendered as ChatML, decoded and either kept or counted)."""
+    import jax
+
+    from qwencoder_jax import checkpoints
+    from qwencoder_jax.model.config import get_preset
+    from qwencoder_jax.model.transformer import init_params
+
+    config = get_preset("tiny", vocab_size=151936)
+    checkpoints.save_model(tmp_path / "tiny", config, init_params(config, jax.random.key(0)))
+    model = models.model_from_spec(f"checkpoint:{tmp_path / 'tiny'}")
+    assert isinstance(model, models.LocalCheckpointModel)
+    model.sampling = dataclasses.replace(model.sampling, max_new_tokens=6)
+    tally = chatml.Tally()
+    records = synthesis.synthesize([SNIPPET, SNIPPET], model, None, tally)
+    assert tally.kept + sum(tally.rejected.values()) == 2 and tally.kept == len(records)
+    for record in records:
+        assert chatml.check_messages(record["messages"]) is None
+        assert record["messages"][0]["content"] and record["messages"][1]["content"]
