@@ -55,14 +55,9 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     pod.add_argument("--pod_flags", default="", help="flags for launch/tpu_vm.py, e.g. '--project P --zone Z "
                                                      "--accelerator v5p-64 --gin MESH_SHAPE=(1,-1,1,1)'")
     pod.add_argument("--pod_workdir", default="runs/ablation", help="the variants' workdir root on the pod")
-    args, rest = parser.parse_known_args(list(argv))
-    bindings = list(args.gin_bindings)
-    for item in rest:
-        if not item.startswith("--gin.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}; use --gin.KEY=VALUE for gin bindings")
-        key, value = item[len("--gin."):].split("=", 1)
-        bindings.append(f"{key} = {value}")
-    return args, bindings
+    from qwencoder_jax.train import cli  # lazily: jax and the trainer load only when an ablation really starts
+
+    return cli.parse_with_gin_flags(parser, argv)
 
 
 def summarize(workdir: str | Path, variant_names: Sequence[str] | None = None, tail: int = 5,

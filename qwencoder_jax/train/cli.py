@@ -107,6 +107,13 @@ def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'KEY = VALUE'")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--dry_run", action="store_true", help="parse, bind and write the config; train nothing")
+    return parse_with_gin_flags(parser, argv)
+
+
+def parse_with_gin_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace,
+                                                                                       list[str]]:
+    """Parses argv with `parser`, turning every `--gin.KEY=VALUE` into the binding 'KEY = VALUE' (after the
+    parser's own --gin_bindings); anything else unknown is an error naming it."""
     args, rest = parser.parse_known_args(list(argv))
     bindings = list(args.gin_bindings)
     for item in rest:
