@@ -187,6 +187,53 @@ def _progress(config: PipelineConfig, message: str) -> None:
         print(f"[{config.name}] {message}", file=sys.stderr, flush=True)
 
 
+def _drop_duplicates(documents: list[Document], removed: dict, rejections: list[Rejection]) -> list[Document]:
+    """The documents dedup keeps; each removed one is appended to `rejections` with its reason and keeper."""
+    kept = []
+    for doc in documents:
+        if doc.id in removed:
+            reason, keeper = removed[doc.id]
+            rejections.append(reject(doc, reason, keeper))
+        else:
+            kept.append(doc)
+    return kept
+
+
+def _count(rejections: list[Rejection], kept: list[Document]) -> Counters:
+    counters = Counters()
+    for rejection in rejections:
+        counters.count_rejection(rejection)
+    for doc in kept:
+        counters.count_kept(doc)
+    return counters
+
+
+def _shard_jobs(config: PipelineConfig, records: list[Document]) -> list[tuple]:
+    """(output dir, split, index, shards, documents, fingerprint) per train shard, documents placed by id."""
+    by_shard: list[list[Document]] = [[] for _ in range(config.num_shards)]
+    for doc in records:
+        by_shard[output.shard_of(doc.id, config.num_shards)].append(doc)
+    return [(config.output_directory, "train", index, config.num_shards, shard_docs, config.fingerprint())
+            for index, shard_docs in enumerate(by_shard)]
+
+
+def run_items(config: PipelineConfig, items: list[Document | Rejection]) -> dict:
+    """The pipeline on documents already read into memory (in this process, e.g. records a caller built itself):
+    per-document filters and decontamination, exact + near dedup, shards, rejects and manifest, as run_local does
+    them. Rejections among `items` (the caller's own reading failures) are counted like ingest's."""
+    if config.kind == "code_repo":
+        raise ValueError("run_items takes file-level kinds; repository records come from run_local's assembly")
+    os.makedirs(config.output_directory, exist_ok=True)
+    result = UnitProcessor(config).process(items)
+    removed, clusters = resolve_duplicates([d.id for d in result.documents], result.content_hashes,
+                                           result.signatures, config)
+    rejections = list(result.rejections)
+    kept = _drop_duplicates(result.documents, removed, rejections)
+    entries = [_write_in_worker(job) for job in _shard_jobs(config, kept)]
+    return finish(config, _count(rejections, kept), entries, rejections, clusters,
+                  sum(len(doc.text) for doc in kept))
+
+
 def run_local(config: PipelineConfig) -> dict:
     """Run the whole pipeline with a multiprocessing pool (workers=1: in this process). Returns the manifest."""
     started = time.time()
@@ -216,29 +263,15 @@ def run_local(config: PipelineConfig) -> dict:
         removed, clusters = resolve_duplicates([d.id for d in documents], hashes, signatures, config)
         _progress(config, f"dedup: {len(removed)} duplicates in {len(documents)} documents, "
                           f"{len(clusters)} near-duplicate clusters")
-        kept = []
-        for doc in documents:
-            if doc.id in removed:
-                reason, keeper = removed[doc.id]
-                rejections.append(reject(doc, reason, keeper))
-            else:
-                kept.append(doc)
+        kept = _drop_duplicates(documents, removed, rejections)
         records = kept
         if config.kind == "code_repo":  # deduplicated, decontaminated files -> repository records
             records, too_long = assemble(kept, config.repo_assembly)
             rejections += too_long
             left_out = {r.id for r in too_long}
             kept = [doc for doc in kept if doc.id not in left_out]
-        counters = Counters()
-        for rejection in rejections:
-            counters.count_rejection(rejection)
-        for doc in kept:
-            counters.count_kept(doc)
-        by_shard: list[list[Document]] = [[] for _ in range(config.num_shards)]
-        for doc in records:
-            by_shard[output.shard_of(doc.id, config.num_shards)].append(doc)
-        jobs = [(config.output_directory, "train", index, config.num_shards, shard_docs, config.fingerprint())
-                for index, shard_docs in enumerate(by_shard)]
+        counters = _count(rejections, kept)
+        jobs = _shard_jobs(config, records)
         entries = list(pool.imap(_write_in_worker, jobs)) if pool is not None else list(map(_write_in_worker, jobs))
     finally:
         if pool is not None:

@@ -48,7 +48,7 @@ def test_sft_dataset_goes_through_decontamination_and_dedup(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_text("\n".join(lines) + "\n")
     config = data.pipeline_config("sft", (), "sft", tmp_path / "sft", recipe_config.SMOKE)
-    manifest = data.run_documents(config, data.sft_documents(path))
+    manifest = data.run_items(config, data.sft_documents(path))
     counts = manifest["counts"]
     assert counts["read"] == len(lines)
     assert counts["rejected"]["decontaminate:humaneval"] == 1

@@ -6,8 +6,9 @@ manifest), with rule filters, language id (text), HumanEval/MATH500 decontaminat
   sft    ChatML pairs from documented stdlib functions (sft; sft_pairs.py)
 
 The last shard of every dataset becomes its `validation` split (held out from training, used by the evaluation).
-SFT conversations go through the same per-document stages and global dedup as the rest (`run_documents`): the
-pipeline's own UnitProcessor, duplicate resolution, shard writer and manifest, fed from ChatML JSONL.
+SFT conversations go through the same per-document stages and global dedup as the rest
+(`data_pipelines.pipeline.run_items`: the pipeline's own filters, duplicate resolution, shard writer and
+manifest), fed from ChatML JSONL read here.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import time
 from pathlib import Path
 
 from data_pipelines import output
-from data_pipelines.document import Counters, Document, Rejection, document_id, reject
+from data_pipelines.document import Document, Rejection, document_id
 from data_pipelines.ingest import Source
 from data_pipelines.langid import LanguageIdConfig
-from data_pipelines.pipeline import PipelineConfig, UnitProcessor, finish, resolve_duplicates, run_local
+from data_pipelines.pipeline import PipelineConfig, run_items, run_local
 from data_pipelines.repo_assembly import RepoAssemblyConfig
 from qwencoder_jax.recipe import sft_pairs, sources
 from qwencoder_jax.recipe.config import RecipeConfig
@@ -65,34 +66,6 @@ def sft_documents(path: Path, source: str = "stdlib_sft") -> list[Document | Rej
                                   size_bytes=len(text.encode("utf-8", "surrogatepass")),
                                   messages=json.dumps(messages, ensure_ascii=False)))
     return items
-
-
-def run_documents(config: PipelineConfig, items: list[Document | Rejection]) -> dict:
-    """data_pipelines' stages on documents already in memory (in this process): per-document filters and
-    decontamination, exact + near dedup, shards, rejects and manifest, exactly as `run_local` does them."""
-    os.makedirs(config.output_directory, exist_ok=True)
-    result = UnitProcessor(config).process(items)
-    removed, clusters = resolve_duplicates([d.id for d in result.documents], result.content_hashes,
-                                           result.signatures, config)
-    rejections = list(result.rejections)
-    kept = []
-    for doc in result.documents:
-        if doc.id in removed:
-            reason, keeper = removed[doc.id]
-            rejections.append(reject(doc, reason, keeper))
-        else:
-            kept.append(doc)
-    counters = Counters()
-    for rejection in rejections:
-        counters.count_rejection(rejection)
-    for doc in kept:
-        counters.count_kept(doc)
-    by_shard: list[list[Document]] = [[] for _ in range(config.num_shards)]
-    for doc in kept:
-        by_shard[output.shard_of(doc.id, config.num_shards)].append(doc)
-    entries = [output.write_shard(config.output_directory, "train", index, config.num_shards, docs,
-                                  config.fingerprint()) for index, docs in enumerate(by_shard)]
-    return finish(config, counters, entries, rejections, clusters, sum(len(doc.text) for doc in kept))
 
 
 def hold_out_last_shard(directory: Path) -> dict:
@@ -151,7 +124,7 @@ def build_dataset(name: str, data_dir: Path, inputs_dir: Path, recipe: RecipeCon
         path = inputs_dir / "sft.jsonl"
         sft_pairs.write_sft_jsonl(path, recipe.sft_pairs)
         config = pipeline_config(name, (Source("stdlib_sft", str(path), "jsonl", "sft"),), "sft", directory, recipe)
-        manifest = run_documents(config, sft_documents(path))
+        manifest = run_items(config, sft_documents(path))
     else:
         raise ValueError(f"unknown dataset {name!r}; the recipe's datasets are {DATASETS}")
     manifest = hold_out_last_shard(directory)
