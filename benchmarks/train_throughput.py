@@ -10,10 +10,14 @@ MFU = ModelConfig.flops_per_token x tokens/s / the float32 matmul peak measured 
 The step is train/step.py's jitted train_step with the state donated, on a one-device mesh; timing blocks on the
 returned loss each step. Ends with the line `tokens_per_second=<float> mfu=<float>`.
 
-Head + loss: by default the vocabulary-chunked fused head + cross-entropy (train/loss.py; chunks of ~512 columns,
-exact to float32 rounding) with its matmul in float32: on this CPU the 32k-vocabulary head dominated the step
-because materialised [t, v] float32 logits and their gradient make several trips through memory, and XLA's CPU
-bfloat16 dots run at about half the float32 rate. `--vocab_chunk_size 0` measures the plain path.
+Head + loss: by default the token-chunked fused head + cross-entropy (train/loss_token_chunks.py: the gradient
+formed in the forward pass, three head matmuls; exact to float32 rounding) with its matmul in float32: on this
+CPU the 32k-vocabulary head is most of the step, XLA's CPU bfloat16 dots run at about half the float32 rate, and
+materialised logits make several trips through memory. `--head vocab` measures the vocabulary-chunked form
+(four head matmuls), `--head plain` the materialised logits.
+
+Allocator: the benchmark re-executes itself with tcmalloc preloaded like the trainer does
+(qwencoder_jax/allocator.py); QWENCODER_TCMALLOC=0 measures with glibc's allocator.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from qwencoder_jax import sharding  # noqa: E402
+from qwencoder_jax import allocator, sharding  # noqa: E402
 from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
 from qwencoder_jax.train import step as train_step_lib  # noqa: E402
 from qwencoder_jax.train.loss import LossConfig  # noqa: E402
@@ -43,15 +47,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--compute_dtype", default=None, choices=["float32", "bfloat16"])
     parser.add_argument("--remat_policy", default=None)
-    parser.add_argument("--vocab_chunk_size", type=int, default=512,
-                        help="fused head + loss over vocabulary chunks of about this size; 0 = materialised logits")
+    parser.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocabulary size")
+    parser.add_argument("--head", default="tokens", choices=["tokens", "vocab", "plain"],
+                        help="fused head + loss over token chunks (default) or vocabulary chunks, or plain logits")
+    parser.add_argument("--chunk_size", type=int, default=512, help="the fused head's chunk size")
     parser.add_argument("--head_dtype", default="float32", choices=["float32", "bfloat16", "compute"],
                         help="dtype of the fused head's matmul inputs; compute = the model's compute dtype")
     args = parser.parse_args(argv)
 
-    overrides = {k: v for k, v in (("compute_dtype", args.compute_dtype), ("remat_policy", args.remat_policy)) if v}
+    overrides = {k: v for k, v in (("compute_dtype", args.compute_dtype), ("remat_policy", args.remat_policy),
+                                   ("vocab_size", args.vocab_size)) if v}
     config = get_preset(args.preset, **overrides)
-    print(f"device {common.describe_device()}, jax {jax.__version__}")
+    print(f"device {common.describe_device()}, jax {jax.__version__}, allocator {allocator.active()}")
     peak = common.matmul_peak_flops()
     print(f"reference: float32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048^3, best of 8, this run)", flush=True)
 
@@ -59,8 +66,9 @@ def main(argv=None) -> dict:
     optimizer = make_optimizer(OptimizerConfig(peak_learning_rate=3e-4, warmup_steps=10, total_steps=1000))
     mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=1), devices=jax.devices()[:1])
     state, shardings = train_step_lib.init_train_state(model, optimizer, mesh, jax.random.key(0))
-    loss_config = LossConfig(vocab_chunk_size=args.vocab_chunk_size,
-                             head_dtype=None if args.head_dtype == "compute" or not args.vocab_chunk_size
+    loss_config = LossConfig(vocab_chunk_size=args.chunk_size if args.head == "vocab" else 0,
+                             token_chunk_size=args.chunk_size if args.head == "tokens" else 0,
+                             head_dtype=None if args.head_dtype == "compute" or args.head == "plain"
                              else args.head_dtype)
     step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings, loss_config=loss_config)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.sequence + 1), 0, config.vocab_size, jnp.int32)
@@ -86,4 +94,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    allocator.use_tcmalloc()
     main()

@@ -211,4 +211,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from qwencoder_jax import allocator
+
+    allocator.use_tcmalloc()  # the stages train in this process (qwencoder_jax/allocator.py)
     main(sys.argv[1:])

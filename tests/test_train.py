@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from qwencoder_jax import checkpoints, sharding
@@ -26,6 +27,7 @@ from qwencoder_jax.model import Transformer, get_preset
 from qwencoder_jax.model.config import QWEN_VOCAB_SIZE
 from qwencoder_jax.train import optimizer as optimizer_lib
 from qwencoder_jax.train import step as step_lib
+from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.trainer import DataSource, Trainer, TrainerConfig
 
 MODEL = get_preset("tiny", vocab_size=QWEN_VOCAB_SIZE)
@@ -102,14 +104,27 @@ def test_schedules_and_decay_mask():
     assert not mask["layers"]["attention"]["q_proj"]["bias"]
 
 
-def test_gradient_accumulation_equals_the_full_batch():
+@pytest.mark.parametrize("norm_scale", [0.01, 1.0, 100.0])
+def test_clipping_equals_optax(norm_scale):
+    grads = {"a": jax.random.normal(jax.random.key(0), (7, 5)) * norm_scale, "b": jnp.zeros((3,)),
+             "c": jax.random.normal(jax.random.key(1), (4,)) * norm_scale}
+    ours, _ = optimizer_lib.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    reference, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=0), ours, reference)
+    zeros, _ = optimizer_lib.clip_by_global_norm(1.0).update(jax.tree.map(jnp.zeros_like, grads), optax.EmptyState())
+    assert all(bool(jnp.all(leaf == 0)) for leaf in jax.tree.leaves(zeros))  # no 0/0
+
+
+@pytest.mark.parametrize("loss_config", [LossConfig(), LossConfig(token_chunk_size=24)], ids=["plain", "token-chunks"])
+def test_gradient_accumulation_equals_the_full_batch(loss_config):
     model = Transformer(MODEL)
     params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
     tokens = jax.random.randint(jax.random.key(1), (4, 17), 0, 1000)
     weights = (jax.random.uniform(jax.random.key(2), (4, 16)) > 0.3).astype(jnp.float32)
     batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:], "loss_weights": weights}
-    (loss, _), grads = jax.value_and_grad(lambda p: step_lib.loss_fn(model, p, batch, 1e-4), has_aux=True)(params)
-    (loss_acc, _), grads_acc = step_lib.accumulated_loss_and_grads(model, params, batch, 2, 1e-4)
+    (loss, _), grads = jax.value_and_grad(lambda p: step_lib.loss_fn(model, p, batch, 1e-4, loss_config),
+                                          has_aux=True)(params)
+    (loss_acc, _), grads_acc = step_lib.accumulated_loss_and_grads(model, params, batch, 2, 1e-4, loss_config)
     np.testing.assert_allclose(loss_acc, loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads_acc, grads)
 
@@ -306,6 +321,7 @@ def test_train_throughput_benchmark_stays_runnable(capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import train_throughput
 
-    result = train_throughput.main(["--preset", "tiny", "--sequence", "32", "--steps", "2"])
-    assert result["tokens_per_second"] > 0 and 0 < result["mfu"] < 1.5
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("tokens_per_second=")
+    for head in ("tokens", "vocab", "plain"):
+        result = train_throughput.main(["--preset", "tiny", "--sequence", "32", "--steps", "2", "--head", head])
+        assert result["tokens_per_second"] > 0 and 0 < result["mfu"] < 1.5
+        assert capsys.readouterr().out.strip().splitlines()[-1].startswith("tokens_per_second=")

@@ -54,7 +54,9 @@ def test_small_preset_losses_match_the_torch_golden_run():
     np.testing.assert_allclose(_our_losses(golden, LossConfig()), GOLDEN_LOSSES, rtol=1e-5)
 
 
-@pytest.mark.slow  # the fused head's equality is also checked, faster, in test_train_loss.py
-def test_small_preset_losses_match_the_torch_golden_run_with_the_fused_head():
+@pytest.mark.slow  # the fused heads' equality is also checked, faster, in test_train_loss.py
+@pytest.mark.parametrize("loss_config", [LossConfig(vocab_chunk_size=4096), LossConfig(token_chunk_size=48)],
+                         ids=["vocab-chunks", "token-chunks"])
+def test_small_preset_losses_match_the_torch_golden_run_with_a_fused_head(loss_config):
     golden = _golden_script()
-    np.testing.assert_allclose(_our_losses(golden, LossConfig(vocab_chunk_size=4096)), GOLDEN_LOSSES, rtol=1e-5)
+    np.testing.assert_allclose(_our_losses(golden, loss_config), GOLDEN_LOSSES, rtol=1e-5)

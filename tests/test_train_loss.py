@@ -1,5 +1,5 @@
-"""The vocabulary-chunked fused head + cross-entropy equals the plain loss on materialised logits, and so do its
-gradients; per-source sums re-weight to the loss."""
+"""The fused heads + cross-entropy (vocabulary chunks; token chunks with the gradient formed in the forward pass)
+equal the plain loss on materialised logits, and so do their gradients; per-source sums re-weight to the loss."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +9,7 @@ import pytest
 from qwencoder_jax.model import Transformer, get_preset
 from qwencoder_jax.train import step as step_lib
 from qwencoder_jax.train.loss import LossConfig, chunk_layout, cross_entropy, fused_head_cross_entropy
+from qwencoder_jax.train.loss_token_chunks import token_chunked_head_cross_entropy
 
 
 def _inputs(vocab, batch=2, length=24, hidden=32, seed=0):
@@ -47,6 +48,46 @@ def test_fused_loss_and_gradients_equal_plain(vocab, chunk):
         np.testing.assert_allclose(fused_grad, plain_grad, rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 24, 48, 1000])  # 48 rows in all: padded, exact and oversized chunks
+@pytest.mark.parametrize("differentiate", ["loss", "objective_sum"])
+def test_token_chunked_loss_and_gradients_equal_plain(chunk, differentiate):
+    x_btd, w_vd, targets_bt, weights_bt, source_ids_bt = _inputs(509)
+    z_loss = 1e-3
+
+    def plain(x, w):
+        loss, stats = _plain(x, w, targets_bt, weights_bt, source_ids_bt, z_loss)
+        return (loss if differentiate == "loss" else stats["objective_sum"]), stats
+
+    def fused(x, w):
+        loss, stats = token_chunked_head_cross_entropy(x, w.T, targets_bt, weights_bt, z_loss, source_ids_bt, 2,
+                                                       chunk_size=chunk, differentiate=differentiate)
+        return (loss if differentiate == "loss" else stats["objective_sum"]), stats
+
+    (plain_value, plain_stats), plain_grads = jax.value_and_grad(plain, argnums=(0, 1), has_aux=True)(x_btd, w_vd)
+    (fused_value, fused_stats), fused_grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(
+        x_btd, w_vd)
+    np.testing.assert_allclose(fused_value, plain_value, rtol=2e-6)
+    for key in plain_stats:
+        np.testing.assert_allclose(fused_stats[key], plain_stats[key], rtol=2e-6, atol=1e-6, err_msg=key)
+    for plain_grad, fused_grad in zip(plain_grads, fused_grads):
+        scale = float(jnp.max(jnp.abs(plain_grad)))
+        np.testing.assert_allclose(fused_grad, plain_grad, rtol=0, atol=2e-6 * scale)
+    # Without a gradient (evaluation) only the loss is computed, and it is the same.
+    np.testing.assert_allclose(jax.jit(fused)(x_btd, w_vd)[0], plain_value, rtol=2e-6)
+
+
+def test_token_chunked_head_scales_its_gradient_by_the_cotangent():
+    # The gradient is formed in the forward pass for a cotangent of 1 and scaled by the real one in the backward.
+    x_btd, w_vd, targets_bt, weights_bt, _ = _inputs(300)
+    plain_grads = jax.grad(lambda x, w: 3.5 * cross_entropy(jnp.einsum("btd,vd->btv", x, w), targets_bt,
+                                                            weights_bt)[0], argnums=(0, 1))(x_btd, w_vd)
+    fused_grads = jax.grad(lambda x, w: 3.5 * token_chunked_head_cross_entropy(x, w.T, targets_bt, weights_bt,
+                                                                              chunk_size=16)[0], argnums=(0, 1))(
+        x_btd, w_vd)
+    for plain_grad, fused_grad in zip(plain_grads, fused_grads):
+        np.testing.assert_allclose(fused_grad, plain_grad, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(plain_grad))))
+
+
 def test_fused_loss_is_exact_where_the_logits_are_extreme():
     # Large logits: the online logsumexp must rescale its running sum, never overflow.
     x_btd, w_vd, targets_bt, weights_bt, source_ids_bt = _inputs(257)
@@ -55,6 +96,8 @@ def test_fused_loss_is_exact_where_the_logits_are_extreme():
     fused_loss, _ = fused_head_cross_entropy(x_btd, w_vd, targets_bt, weights_bt, chunk_size=32)
     assert np.isfinite(float(fused_loss))
     np.testing.assert_allclose(fused_loss, plain_loss, rtol=2e-6)
+    token_loss, _ = token_chunked_head_cross_entropy(x_btd, w_vd.T, targets_bt, weights_bt, chunk_size=16)
+    np.testing.assert_allclose(token_loss, plain_loss, rtol=2e-6)
 
 
 def test_per_source_sums_reweight_to_the_loss():
@@ -69,8 +112,10 @@ def test_per_source_sums_reweight_to_the_loss():
     np.testing.assert_allclose(jnp.sum(by_source) / jnp.sum(tokens), loss, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [LossConfig(vocab_chunk_size=100), LossConfig(token_chunk_size=20)],
+                         ids=["vocab-chunks", "token-chunks"])
 @pytest.mark.parametrize("preset_overrides", [{}, {"tie_embeddings": False}])
-def test_train_step_loss_and_grads_equal_with_the_fused_head(preset_overrides):
+def test_train_step_loss_and_grads_equal_with_the_fused_head(preset_overrides, fused):
     config = get_preset("tiny", **preset_overrides)
     model = Transformer(config)
     tokens = jax.random.randint(jax.random.key(3), (2, 33), 0, config.vocab_size)
@@ -84,7 +129,7 @@ def test_train_step_loss_and_grads_equal_with_the_fused_head(preset_overrides):
             lambda p: step_lib.loss_fn(model, p, batch, 1e-4, loss_config), has_aux=True))(params)
 
     (plain_loss, _), plain_grads = run(LossConfig())
-    (fused_loss, _), fused_grads = run(LossConfig(vocab_chunk_size=100))
+    (fused_loss, _), fused_grads = run(fused)
     np.testing.assert_allclose(fused_loss, plain_loss, rtol=2e-6)
     for path, plain_grad in jax.tree_util.tree_leaves_with_path(plain_grads):
         fused_grad = dict(jax.tree_util.tree_leaves_with_path(fused_grads))[path]
@@ -104,3 +149,7 @@ def test_loss_config_rejects_bad_values():
         LossConfig(vocab_chunk_size=-1)
     with pytest.raises(ValueError, match="head_dtype"):
         LossConfig(vocab_chunk_size=8, head_dtype="float16")
+    with pytest.raises(ValueError, match="not both"):
+        LossConfig(vocab_chunk_size=8, token_chunk_size=8)
+    with pytest.raises(ValueError, match="token_chunk_size"):
+        LossConfig(token_chunk_size=-2)

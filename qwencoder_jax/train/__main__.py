@@ -2,7 +2,10 @@
 
 import sys
 
-from qwencoder_jax.train.cli import main
+from qwencoder_jax import allocator
 
 if __name__ == "__main__":
+    allocator.use_tcmalloc()  # before JAX starts (qwencoder_jax/allocator.py)
+    from qwencoder_jax.train.cli import main
+
     sys.exit(main(sys.argv[1:]))

@@ -1,9 +1,11 @@
 """Next-token cross-entropy in float32, with a loss mask, optional z-loss and per-source sums.
 
-Two ways to the same numbers:
+Three ways to the same numbers:
   cross_entropy(logits_btv, ...)               from materialised logits (the model's ordinary output)
   fused_head_cross_entropy(x_btd, w_vd, ...)   from the final hidden states and the output projection, a
                                                vocabulary chunk at a time: the [b, t, v] logits never exist
+  token_chunked_head_cross_entropy(...)        (loss_token_chunks.py) a chunk of tokens at a time, the gradient
+                                               formed in the forward pass: three head matmuls instead of four
 
 Why the fused form. With a large vocabulary the head and its loss dominate a small model's step, and most of that
 time is memory traffic rather than FLOPs: the plain path writes float32 logits [t, v], reads them for the max, the
@@ -30,11 +32,15 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     vocab_chunk_size: int = 0  # > 0: fused head + loss over vocabulary chunks of about this size; 0: plain logits
+    token_chunk_size: int = 0  # > 0: fused head + loss over chunks of this many tokens (loss_token_chunks.py)
     head_dtype: str | None = None  # dtype of the head matmul's inputs; None: the model's compute dtype
 
     def __post_init__(self):
-        if self.vocab_chunk_size < 0:
-            raise ValueError(f"vocab_chunk_size must be >= 0 (0 = materialise logits), got {self.vocab_chunk_size}")
+        if self.vocab_chunk_size < 0 or self.token_chunk_size < 0:
+            raise ValueError(f"vocab_chunk_size and token_chunk_size must be >= 0 (0 = off), got "
+                             f"{self.vocab_chunk_size} and {self.token_chunk_size}")
+        if self.vocab_chunk_size and self.token_chunk_size:
+            raise ValueError("choose one fused head: vocab_chunk_size or token_chunk_size, not both")
         if self.head_dtype not in (None, "float32", "bfloat16"):
             raise ValueError(f"head_dtype must be None, 'float32' or 'bfloat16', got {self.head_dtype!r}")
 
@@ -44,7 +50,8 @@ def reduce_token_losses(log_normaliser_bt: jnp.ndarray, target_logits_bt: jnp.nd
                         num_sources: int = 0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """(loss, stats) from per-token log-normalisers and target logits; shared by both paths.
 
-    stats: `loss_sum`, `z_loss_sum`, `weight_sum` (scalars) and, when num_sources > 0, `loss_sum_by_source` and
+    stats: `loss_sum`, `z_loss_sum`, `weight_sum`, `objective_sum` (= loss_sum + z_loss * z_loss_sum, the sum
+    that is differentiated; scalars) and, when num_sources > 0, `loss_sum_by_source` and
     `weight_sum_by_source` ([num_sources + 1]; index 0 collects tokens of no known source, e.g. padding).
     """
     if weights_bt is None:
@@ -55,7 +62,8 @@ def reduce_token_losses(log_normaliser_bt: jnp.ndarray, target_logits_bt: jnp.nd
     z_loss_sum = jnp.sum(jnp.square(log_normaliser_bt) * weights_bt)
     weight_sum = jnp.sum(weights_bt)
     loss = (loss_sum + z_loss * z_loss_sum) / jnp.maximum(weight_sum, 1.0)
-    stats = {"loss_sum": loss_sum, "z_loss_sum": z_loss_sum, "weight_sum": weight_sum}
+    stats = {"loss_sum": loss_sum, "z_loss_sum": z_loss_sum, "weight_sum": weight_sum,
+             "objective_sum": loss_sum + z_loss * z_loss_sum}
     if num_sources > 0:
         if source_ids_bt is None:
             raise ValueError("num_sources > 0 needs source_ids (int [batch, length]; the loader's `source_ids`)")

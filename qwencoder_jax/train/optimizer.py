@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -83,9 +84,25 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm's result, written as one multiply by a scalar factor.
+
+    optax selects per element between the gradient and its scaled copy; XLA's CPU backend then writes the scaled
+    copy of every gradient to memory and reads both back in each Adam moment update (an extra pass over the
+    largest arrays of a small model, ~5 % of its step). A scalar factor fuses into the consumers instead.
+    """
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / jnp.where(norm < max_norm, 1.0, norm))
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """clip_by_global_norm -> AdamW(schedule, masked decay). The gradient norm the step reports is pre-clipping."""
-    transforms = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    transforms = [clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
     transforms.append(optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
                                   weight_decay=config.weight_decay, mask=decay_mask))
     return optax.chain(*transforms)

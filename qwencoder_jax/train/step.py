@@ -26,6 +26,7 @@ import optax
 from qwencoder_jax import sharding
 from qwencoder_jax.model.transformer import output_projection
 from qwencoder_jax.train.loss import LossConfig, cross_entropy, fused_head_cross_entropy
+from qwencoder_jax.train.loss_token_chunks import token_chunked_head_cross_entropy
 
 BATCH_KEYS = ("input_ids", "targets", "segment_ids", "positions", "loss_weights", "source_ids")
 
@@ -46,17 +47,27 @@ def adamw(learning_rate: float | optax.Schedule = 3e-4, weight_decay: float = 0.
 
 
 def loss_fn(model: nn.Module, params: Any, batch: dict[str, jax.Array], z_loss: float = 0.0,
-            loss_config: LossConfig = LossConfig(), num_sources: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+            loss_config: LossConfig = LossConfig(), num_sources: int = 0,
+            differentiate: str = "loss") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(mean token loss, stats). differentiate="objective_sum" when the gradient is taken of
+    stats["objective_sum"] instead of the loss (microbatch accumulation; the token-chunked head needs to know)."""
     args = (batch["input_ids"], batch.get("segment_ids"), batch.get("positions"))
     loss_args = dict(weights_bt=batch.get("loss_weights"), z_loss=z_loss, source_ids_bt=batch.get("source_ids"),
                      num_sources=num_sources)
+    if loss_config.token_chunk_size:
+        x_btd = model.apply({"params": params}, *args, return_hidden=True)
+        return token_chunked_head_cross_entropy(x_btd, output_projection(model.config, params), batch["targets"],
+                                                chunk_size=loss_config.token_chunk_size,
+                                                head_dtype=loss_config.head_dtype, differentiate=differentiate,
+                                                **loss_args)
     if loss_config.vocab_chunk_size:
         x_btd = model.apply({"params": params}, *args, return_hidden=True)
         w_vd = output_projection(model.config, params).T  # tied: the embedding table itself, no copy
         return fused_head_cross_entropy(x_btd, w_vd, batch["targets"], chunk_size=loss_config.vocab_chunk_size,
                                         head_dtype=loss_config.head_dtype, **loss_args)
     if loss_config.head_dtype is not None:
-        raise ValueError("LossConfig.head_dtype applies to the fused head only; set vocab_chunk_size > 0 as well")
+        raise ValueError("LossConfig.head_dtype applies to the fused heads only; set vocab_chunk_size or "
+                         "token_chunk_size > 0 as well")
     logits_btv = model.apply({"params": params}, *args)
     return cross_entropy(logits_btv, batch["targets"], **loss_args)
 
@@ -77,8 +88,8 @@ def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, j
     micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, rows // accumulation_steps, *x.shape[1:]), batch)
 
     def sums(p, microbatch):
-        _, stats = loss_fn(model, p, microbatch, z_loss, loss_config, num_sources)
-        return stats["loss_sum"] + z_loss * stats["z_loss_sum"], stats
+        _, stats = loss_fn(model, p, microbatch, z_loss, loss_config, num_sources, differentiate="objective_sum")
+        return stats["objective_sum"], stats
 
     def body(carry, microbatch):
         grads_sum, stats_sum = carry
