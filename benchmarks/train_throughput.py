@@ -48,6 +48,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--compute_dtype", default=None, choices=["float32", "bfloat16"])
     parser.add_argument("--remat_policy", default=None)
     parser.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocabulary size")
+    parser.add_argument("--scan_layers", default=None, choices=["true", "false"],
+                        help="layers under nn.scan (the preset's default) or one module per layer")
     parser.add_argument("--head", default="tokens", choices=["tokens", "vocab", "plain"],
                         help="fused head + loss over token chunks (default) or vocabulary chunks, or plain logits")
     parser.add_argument("--chunk_size", type=int, default=512, help="the fused head's chunk size")
@@ -57,6 +59,8 @@ def main(argv=None) -> dict:
 
     overrides = {k: v for k, v in (("compute_dtype", args.compute_dtype), ("remat_policy", args.remat_policy),
                                    ("vocab_size", args.vocab_size)) if v}
+    if args.scan_layers is not None:
+        overrides["scan_layers"] = args.scan_layers == "true"
     config = get_preset(args.preset, **overrides)
     print(f"device {common.describe_device()}, jax {jax.__version__}, allocator {allocator.active()}")
     peak = common.matmul_peak_flops()
@@ -87,7 +91,8 @@ def main(argv=None) -> dict:
     tokens_per_second = args.batch * args.sequence / step_seconds
     mfu = config.flops_per_token(args.sequence, training=True) * tokens_per_second / peak
     print(f"{args.preset}: batch {args.batch} x sequence {args.sequence}, {config.num_params() / 1e6:.1f}M params, "
-          f"compute {config.compute_dtype}, params {config.param_dtype}, remat {config.remat_policy}, {loss_config}, "
+          f"compute {config.compute_dtype}, params {config.param_dtype}, remat {config.remat_policy}, "
+          f"scan_layers {config.scan_layers}, {loss_config}, "
           f"median step {step_seconds * 1e3:.1f} ms over {args.steps} steps, final loss {float(metrics['loss']):.3f}")
     print(f"tokens_per_second={tokens_per_second:.1f} mfu={mfu:.4f}", flush=True)
     return {"tokens_per_second": tokens_per_second, "mfu": mfu, "step_seconds": step_seconds, "peak": peak}

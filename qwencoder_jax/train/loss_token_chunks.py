@@ -92,8 +92,7 @@ def _head_objective_forward(x_nd, w_dv, targets_n, weights_n, z_loss, chunk_size
                                                chunk_size)
     w_dot_dv = w_dv.astype(dot_dtype)
 
-    def body(dw_dv, inputs):
-        x_rd, targets_r, weights_r = inputs
+    def chunk(x_rd, targets_r, weights_r):
         x_dot_rd = x_rd.astype(dot_dtype)
         logits_rv = jnp.einsum("rd,dv->rv", x_dot_rd, w_dot_dv, preferred_element_type=jnp.float32)
         lse_r, exp_rv, sum_r = _log_normaliser(logits_rv)
@@ -103,11 +102,20 @@ def _head_objective_forward(x_nd, w_dv, targets_n, weights_n, z_loss, chunk_size
         one_hot_rv = jax.lax.broadcasted_iota(jnp.int32, logits_rv.shape, 1) == targets_r[:, None]
         dlogits_rv = (scale_r[:, None] * exp_rv - jnp.where(one_hot_rv, weights_r[:, None], 0.0)).astype(dot_dtype)
         dx_rd = jnp.einsum("rv,dv->rd", dlogits_rv, w_dot_dv, preferred_element_type=jnp.float32)
-        dw_dv = dw_dv + jnp.einsum("rd,rv->dv", x_dot_rd, dlogits_rv, preferred_element_type=jnp.float32)
+        dw_dv = jnp.einsum("rd,rv->dv", x_dot_rd, dlogits_rv, preferred_element_type=jnp.float32)
         return dw_dv, (lse_r, target_r, dx_rd)
 
-    dw_dv, (lse_kr, target_kr, dx_krd) = jax.lax.scan(body, jnp.zeros(w_dv.shape, jnp.float32),
-                                                      (x_krd, targets_kr, weights_kr))
+    def body(dw_dv, inputs):
+        chunk_dw_dv, outputs = chunk(*inputs)
+        return dw_dv + chunk_dw_dv, outputs
+
+    # The first chunk starts dW (no zero-filled accumulator); a scan adds the others.
+    dw_dv, per_chunk = chunk(x_krd[0], targets_kr[0], weights_kr[0])
+    per_chunk = jax.tree.map(lambda a: a[None], per_chunk)
+    if x_krd.shape[0] > 1:
+        dw_dv, rest = jax.lax.scan(body, dw_dv, (x_krd[1:], targets_kr[1:], weights_kr[1:]))
+        per_chunk = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), per_chunk, rest)
+    lse_kr, target_kr, dx_krd = per_chunk
     lse_n, target_n = lse_kr.reshape(-1)[:n], target_kr.reshape(-1)[:n]
     dx_nd = dx_krd.reshape(-1, x_nd.shape[1])[:n]
     outputs = (_objective(lse_n, target_n, weights_n, z_loss) / denominator, lse_n, target_n)
