@@ -39,6 +39,15 @@ def matmul_peak_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 8) -> 
     return 2 * size**3 / best
 
 
+def read_bandwidth(nbytes: int, repeats: int = 8) -> float:
+    """Best observed bytes/s of summing a float32 buffer of `nbytes` (make it larger than the last-level cache
+    to measure memory, not cache): the ceiling of any computation that must stream that many bytes."""
+    buffer = jnp.ones((nbytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    best = min(time_calls(lambda: total(buffer), repeats, warmup=2))
+    return buffer.size * 4 / best
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -10,6 +10,10 @@ a warm-up call of the same shape (so compilation and first-call costs are exclud
 Layouts of ours: `unrolled` (one module per layer: what `Generator` decodes with, printed as `ours`) and `scan`
 (layers under nn.scan, the training layout, printed as `ours_scan`).
 Prints per batch: `batch B: ours=<tokens/s> transformers=<tokens/s> ratio=<ours/transformers>`.
+
+The memory ceiling, measured in the same run: a decode step must read every weight once (float32: 4 bytes per
+parameter), so no float32 implementation on this machine decodes one row faster than read bandwidth / weight
+bytes steps per second. The benchmark prints that ceiling (`bound=`) next to batch 1.
 """
 
 from __future__ import annotations
@@ -105,6 +109,12 @@ def main(argv=None) -> list[dict]:
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
         print(f"SmolLM2-135M, float32, greedy, prompt of {len(prompt_ids)} tokens, {args.new_tokens} new tokens per "
               f"row, best of {args.repeats} after a warm-up", flush=True)
+        weight_bytes = 4 * sum(p.numel() for p in reference.parameters())
+        bandwidth = common.read_bandwidth(max(2 * weight_bytes, 1 << 30))
+        bound = bandwidth / weight_bytes
+        print(f"float32 weights {weight_bytes / 2**20:.0f} MiB, read bandwidth {bandwidth / 2**30:.1f} GiB/s "
+              f"(sum over {max(2 * weight_bytes, 1 << 30) / 2**30:.1f} GiB, this run): at most {bound:.1f} decode "
+              "steps/s", flush=True)
         results = []
         for batch in (int(b) for b in args.batches.split(",")):
             input_ids = torch.tensor([prompt_ids] * batch)
@@ -117,7 +127,8 @@ def main(argv=None) -> list[dict]:
                 row[layout] = batch * args.new_tokens / seconds
                 label = "ours" if layout == "unrolled" else f"ours_{layout}"
                 print(f"batch {batch}: {label}={row[layout]:.1f} transformers={theirs:.1f} "
-                      f"ratio={row[layout] / theirs:.2f}", flush=True)
+                      f"ratio={row[layout] / theirs:.2f} bound={batch * bound:.1f}", flush=True)
+            row["bound"] = batch * bound
             results.append(row)
     return results
 
