@@ -27,6 +27,17 @@ def _plain(x_btd, w_vd, targets_bt, weights_bt, source_ids_bt, z_loss):
     return cross_entropy(logits_btv, targets_bt, weights_bt, z_loss, source_ids_bt, num_sources=2)
 
 
+def _assert_equal_results(fused, plain):
+    """(value, stats, grads) of a fused head equal the plain ones to float32 rounding."""
+    (fused_value, fused_stats, fused_grads), (plain_value, plain_stats, plain_grads) = fused, plain
+    np.testing.assert_allclose(fused_value, plain_value, rtol=2e-6)
+    for key in plain_stats:
+        np.testing.assert_allclose(fused_stats[key], plain_stats[key], rtol=2e-6, atol=1e-6, err_msg=key)
+    for plain_grad, fused_grad in zip(plain_grads, fused_grads):
+        scale = float(jnp.max(jnp.abs(plain_grad)))
+        np.testing.assert_allclose(fused_grad, plain_grad, rtol=0, atol=2e-6 * scale)
+
+
 @pytest.mark.parametrize("vocab,chunk", [(509, 100), (512, 64), (300, 1000), (509, 7)])
 def test_fused_loss_and_gradients_equal_plain(vocab, chunk):
     x_btd, w_vd, targets_bt, weights_bt, source_ids_bt = _inputs(vocab)
@@ -40,12 +51,7 @@ def test_fused_loss_and_gradients_equal_plain(vocab, chunk):
             x_btd, w_vd)
     (fused_loss, fused_stats), fused_grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(
         x_btd, w_vd)
-    np.testing.assert_allclose(fused_loss, plain_loss, rtol=2e-6)
-    for key in plain_stats:
-        np.testing.assert_allclose(fused_stats[key], plain_stats[key], rtol=2e-6, atol=1e-6, err_msg=key)
-    for plain_grad, fused_grad in zip(plain_grads, fused_grads):
-        scale = float(jnp.max(jnp.abs(plain_grad)))
-        np.testing.assert_allclose(fused_grad, plain_grad, rtol=0, atol=2e-6 * scale)
+    _assert_equal_results((fused_loss, fused_stats, fused_grads), (plain_loss, plain_stats, plain_grads))
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 24, 48, 1000])  # 48 rows in all: padded, exact and oversized chunks
@@ -66,12 +72,7 @@ def test_token_chunked_loss_and_gradients_equal_plain(chunk, differentiate):
     (plain_value, plain_stats), plain_grads = jax.value_and_grad(plain, argnums=(0, 1), has_aux=True)(x_btd, w_vd)
     (fused_value, fused_stats), fused_grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(
         x_btd, w_vd)
-    np.testing.assert_allclose(fused_value, plain_value, rtol=2e-6)
-    for key in plain_stats:
-        np.testing.assert_allclose(fused_stats[key], plain_stats[key], rtol=2e-6, atol=1e-6, err_msg=key)
-    for plain_grad, fused_grad in zip(plain_grads, fused_grads):
-        scale = float(jnp.max(jnp.abs(plain_grad)))
-        np.testing.assert_allclose(fused_grad, plain_grad, rtol=0, atol=2e-6 * scale)
+    _assert_equal_results((fused_value, fused_stats, fused_grads), (plain_value, plain_stats, plain_grads))
     # Without a gradient (evaluation) only the loss is computed, and it is the same.
     np.testing.assert_allclose(jax.jit(fused)(x_btd, w_vd)[0], plain_value, rtol=2e-6)
 

@@ -124,6 +124,16 @@ def _target_logits(x_nd, w_vd, targets_n, dot_dtype):
     return jnp.einsum("nd,nd->n", x_nd.astype(dot_dtype), w_nd, preferred_element_type=jnp.float32)
 
 
+def checked_head_dtype(x_btd, projection_shape, hidden_axis: int, layout: str, chunk_size: int, head_dtype):
+    """The fused heads' argument checks; returns the dtype of their matmul inputs (None: x_btd's dtype)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if x_btd.shape[-1] != projection_shape[hidden_axis]:
+        raise ValueError(f"hidden states of width {x_btd.shape[-1]} do not match the projection {projection_shape} "
+                         f"({layout})")
+    return jnp.dtype(head_dtype) if head_dtype is not None else x_btd.dtype
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _head_log_normaliser(x_nd, w_vd, targets_n, chunk_size, dot_dtype):
     return _head_forward(x_nd, w_vd, targets_n, chunk_size, dot_dtype)[0]
@@ -193,12 +203,8 @@ def fused_head_cross_entropy(x_btd: jnp.ndarray, w_vd: jnp.ndarray, targets_bt: 
     head_dtype: dtype of the matmul inputs (None: x_btd's dtype, as the model's own head does); accumulation and
     everything after it are float32.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if x_btd.shape[-1] != w_vd.shape[1]:
-        raise ValueError(f"hidden states of width {x_btd.shape[-1]} do not match the projection {w_vd.shape} "
-                         "([vocab, hidden]; pass output_projection(config, params).T)")
-    dot_dtype = jnp.dtype(head_dtype) if head_dtype is not None else x_btd.dtype
+    dot_dtype = checked_head_dtype(x_btd, w_vd.shape, 1, "[vocab, hidden]; pass output_projection(config, params).T",
+                                   chunk_size, head_dtype)
     b, t, d = x_btd.shape
     log_normaliser_n, target_n = _head_log_normaliser(x_btd.reshape(b * t, d), w_vd, targets_bt.reshape(b * t),
                                                       chunk_size, dot_dtype)

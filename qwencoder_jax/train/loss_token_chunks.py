@@ -27,7 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.train.loss import reduce_token_losses
+from qwencoder_jax.train.loss import checked_head_dtype, reduce_token_losses
 
 
 def _chunks(x_nd, targets_n, weights_n, chunk_size):
@@ -146,12 +146,8 @@ def token_chunked_head_cross_entropy(x_btd: jnp.ndarray, w_dv: jnp.ndarray, targ
     """
     if differentiate not in ("loss", "objective_sum"):
         raise ValueError(f"differentiate must be 'loss' or 'objective_sum', got {differentiate!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if x_btd.shape[-1] != w_dv.shape[0]:
-        raise ValueError(f"hidden states of width {x_btd.shape[-1]} do not match the projection {w_dv.shape} "
-                         "([hidden, vocab]; pass output_projection(config, params))")
-    dot_dtype = jnp.dtype(head_dtype) if head_dtype is not None else x_btd.dtype
+    dot_dtype = checked_head_dtype(x_btd, w_dv.shape, 0, "[hidden, vocab]; pass output_projection(config, params)",
+                                   chunk_size, head_dtype)
     b, t, d = x_btd.shape
     weights_bt = jnp.ones((b, t), jnp.float32) if weights_bt is None else weights_bt.astype(jnp.float32)
     mean = differentiate == "loss"
