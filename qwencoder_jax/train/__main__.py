@@ -5,7 +5,9 @@ import sys
 from qwencoder_jax import allocator
 
 if __name__ == "__main__":
-    allocator.use_tcmalloc()  # before JAX starts (qwencoder_jax/allocator.py)
-    from qwencoder_jax.train.cli import main
+    allocator.use_tcmalloc()  # before JAX is imported (qwencoder_jax/allocator.py)
 
+from qwencoder_jax.train.cli import main  # noqa: E402
+
+if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
