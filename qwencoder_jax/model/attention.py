@@ -173,30 +173,34 @@ def attend(config: ModelConfig, q_bthe, k_bske, v_bske, segment_ids_bt):
     raise ValueError(f"unknown attention_backend {config.attention_backend!r}")
 
 
-def cached_attention(q_bthe, k_bske, v_bske, query_slots_bt, segment_ids_bt, kv_segment_ids_bs):
+def cached_attention(q_bthe, k_bkse, v_bkse, query_slots_bt, segment_ids_bt, kv_segment_ids_bs):
     """Attention of new queries over a KV cache: key slot s is visible to query t when s <= its slot and the
     segments match (empty and padded slots carry segment 0, which no real query has).
 
     Plain einsums whatever the backend: a decode step reads every cached key once per token, so it is bound by
-    memory traffic and a fused kernel has nothing to save. Scores and softmax in float32.
+    memory traffic and a fused kernel has nothing to save. The cache is laid out [b, k, s, e] so that both
+    products are batched matmuls over (b, k) reading it in place (a [b, s, k, e] cache was transposed, i.e.
+    copied whole, by every layer at every step). Scores and softmax in float32.
     """
     b, t, h, e = q_bthe.shape
-    k_heads = k_bske.shape[2]
+    k_heads = k_bkse.shape[1]
     q_btkge = q_bthe.reshape(b, t, k_heads, h // k_heads, e)
-    scores_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske, preferred_element_type=jnp.float32)
+    scores_bkgts = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_bkse, preferred_element_type=jnp.float32)
     scores_bkgts = scores_bkgts / jnp.sqrt(jnp.float32(e))
-    slots_s = jnp.arange(k_bske.shape[1])
+    slots_s = jnp.arange(k_bkse.shape[2])
     visible_bts = ((slots_s[None, None, :] <= query_slots_bt[:, :, None])
                    & (kv_segment_ids_bs[:, None, :] == segment_ids_bt[:, :, None]))
     scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1)
-    out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts.astype(v_bske.dtype), v_bske)
-    return out_btkge.reshape(b, t, h, e)
+    # Output in the dot's natural [b, k, g, t, e] order, transposed after: asking the einsum for [b, t, k, g, e]
+    # made XLA's CPU backend fall back to a generic loop 9x slower at 1,600 cached slots.
+    out_bkgte = jnp.einsum("bkgts,bkse->bkgte", probs_bkgts.astype(v_bkse.dtype), v_bkse)
+    return jnp.transpose(out_bkgte, (0, 3, 1, 2, 4)).reshape(b, t, h, e)
 
 
 # Layout of the cached keys/values: rows over the batch axes, key/value heads over the tensor axis, slots whole
 # (each step writes one slot; a length-sharded cache would make every write a cross-device update).
-CACHE_AXES = ("act_batch", None, "act_kv_heads", "act_head_dim")
+CACHE_AXES = ("act_batch", "act_kv_heads", None, "act_head_dim")
 
 
 class Attention(nn.Module):
@@ -206,7 +210,7 @@ class Attention(nn.Module):
     decode="prefill" the tokens are the first ones of the cache (its index must be 0): they attend among
                      themselves through the configured backend, and their keys/values/segment ids are stored.
     decode="step"    the tokens are appended at the cache index and attend over everything cached so far.
-    The cache (per layer): key/value [b, s, k, e] (num_kv_heads, not num_heads), segment_ids [b, s], index [].
+    The cache (per layer): key/value [b, k, s, e] (num_kv_heads, not num_heads), segment_ids [b, s], index [].
     Its length is that of the input the cache was created with (`qwencoder_jax.model.kv_cache.init_cache`).
     """
 
@@ -248,20 +252,22 @@ class Attention(nn.Module):
         if self.decode not in ("prefill", "step"):
             raise ValueError(f"Attention.decode must be None, 'prefill' or 'step', got {self.decode!r}")
         creating = not self.has_variable("cache", "key")
-        b, t = segment_ids_bt.shape
-        cached_key = self.variable("cache", "key", jnp.zeros, k_bske.shape, k_bske.dtype)
-        cached_value = self.variable("cache", "value", jnp.zeros, v_bske.shape, v_bske.dtype)
+        b, t, k, e = k_bske.shape
+        cached_key = self.variable("cache", "key", jnp.zeros, (b, k, t, e), k_bske.dtype)
+        cached_value = self.variable("cache", "value", jnp.zeros, (b, k, t, e), v_bske.dtype)
         cached_segments = self.variable("cache", "segment_ids", jnp.zeros, (b, t), jnp.int32)
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         if creating:  # init: the variables take the input's shape; nothing is cached yet
             return attend(self.config, q_bthe, k_bske, v_bske, segment_ids_bt)
         start = index.value
-        cached_key.value = nn.with_logical_constraint(
-            jax.lax.dynamic_update_slice(cached_key.value, k_bske.astype(cached_key.value.dtype), (0, start, 0, 0)),
-            CACHE_AXES)
-        cached_value.value = nn.with_logical_constraint(
-            jax.lax.dynamic_update_slice(cached_value.value, v_bske.astype(cached_value.value.dtype),
-                                         (0, start, 0, 0)), CACHE_AXES)
+
+        def write(cache_bkse, new_bske):
+            new_bkse = jnp.swapaxes(new_bske, 1, 2).astype(cache_bkse.dtype)
+            return nn.with_logical_constraint(jax.lax.dynamic_update_slice(cache_bkse, new_bkse, (0, 0, start, 0)),
+                                              CACHE_AXES)
+
+        cached_key.value = write(cached_key.value, k_bske)
+        cached_value.value = write(cached_value.value, v_bske)
         cached_segments.value = jax.lax.dynamic_update_slice(
             cached_segments.value, segment_ids_bt.astype(jnp.int32), (0, start))
         index.value = start + t
