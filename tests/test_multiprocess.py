@@ -165,4 +165,7 @@ def test_train_cli_on_two_processes_matches_one_process(tmp_path, stage1_data, l
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), reference_params)
     for restored in (checkpoints.load_params(tmp_path / "two"), checkpoints.load_params_sharded(tmp_path / "two",
                                                                                                   target)):
-        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), restored, reference_params)
+        # atol: 1% of one Adam step at gin/cpu/tiny.gin's peak learning rate (3e-3). Adam normalises each
+        # gradient by its own scale, so a parameter whose gradient is ~0 (embedding rows of tokens never seen) turns
+        # the two runs' float32 summation-order differences into visible but sub-step differences.
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=3e-5), restored, reference_params)
