@@ -40,7 +40,7 @@ def _chunks(x_nd, targets_n, weights_n, chunk_size):
         targets_n = jnp.pad(targets_n, (0, padding))
         weights_n = jnp.pad(weights_n, (0, padding))
     return (x_nd.reshape(count, chunk_size, -1), targets_n.reshape(count, chunk_size),
-            weights_n.reshape(count, chunk_size), padding)
+            weights_n.reshape(count, chunk_size))
 
 
 def _logits(x_rd, w_dv, dot_dtype):
@@ -68,7 +68,7 @@ def _head_objective(x_nd, w_dv, targets_n, weights_n, z_loss, chunk_size, dot_dt
     weight sum (the loss itself), so that its cotangent is the literal 1 of jax.grad and the backward pass
     is free; else the plain sum (microbatch accumulation)."""
     n = x_nd.shape[0]
-    x_krd, targets_kr, _, _ = _chunks(x_nd, targets_n, weights_n, chunk_size)
+    x_krd, targets_kr, _ = _chunks(x_nd, targets_n, weights_n, chunk_size)
 
     def body(_, inputs):
         x_rd, targets_r = inputs
@@ -88,13 +88,13 @@ def _head_objective_forward(x_nd, w_dv, targets_n, weights_n, z_loss, chunk_size
     n = x_nd.shape[0]
     denominator = _denominator(weights_n, mean)
     # The gradient of objective / denominator: each token's weight divided by it up front.
-    x_krd, targets_kr, weights_kr, _ = _chunks(x_nd, targets_n, weights_n.astype(jnp.float32) / denominator,
+    x_krd, targets_kr, weights_kr = _chunks(x_nd, targets_n, weights_n.astype(jnp.float32) / denominator,
                                                chunk_size)
     w_dot_dv = w_dv.astype(dot_dtype)
 
     def chunk(x_rd, targets_r, weights_r):
         x_dot_rd = x_rd.astype(dot_dtype)
-        logits_rv = jnp.einsum("rd,dv->rv", x_dot_rd, w_dot_dv, preferred_element_type=jnp.float32)
+        logits_rv = _logits(x_dot_rd, w_dot_dv, dot_dtype)
         lse_r, exp_rv, sum_r = _log_normaliser(logits_rv)
         target_r = _target_logits(logits_rv, targets_r)
         # d objective / d logits: w (1 + 2 z lse) softmax - w one-hot, one pass over the chunk's logits.

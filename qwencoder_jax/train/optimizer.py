@@ -94,7 +94,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         del params
         norm = optax.tree.norm(updates)
-        factor = jnp.where(norm < max_norm, 1.0, max_norm / jnp.where(norm < max_norm, 1.0, norm))
+        factor = max_norm / jnp.maximum(norm, max_norm)  # 1 below the threshold
         return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
