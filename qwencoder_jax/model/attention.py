@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qwencoder_jax.kernels import few_rows
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of, with_logical_axes
 
@@ -227,7 +228,7 @@ class Attention(nn.Module):
                 (heads, cfg.head_dim), use_bias=cfg.attention_bias, dtype=compute, param_dtype=param,
                 kernel_init=with_logical_axes(dense_init(), ("embed", heads_axis, "head_dim")),
                 bias_init=with_logical_axes(nn.initializers.zeros, (heads_axis, "head_dim")),
-                name=name)
+                dot_general=few_rows.dot_general, name=name)
 
         q_bthe = projection("q_proj", cfg.num_heads, "q_heads")(x_btd)
         k_bske = projection("k_proj", cfg.num_kv_heads, "kv_heads")(x_btd)
@@ -246,7 +247,7 @@ class Attention(nn.Module):
         return nn.DenseGeneral(
             cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=compute, param_dtype=param,
             kernel_init=with_logical_axes(dense_init(), ("q_heads", "head_dim", "embed")),
-            name="o_proj")(out_bthe)
+            dot_general=few_rows.dot_general, name="o_proj")(out_bthe)
 
     def _with_cache(self, q_bthe, k_bske, v_bske, segment_ids_bt):
         if self.decode not in ("prefill", "step"):

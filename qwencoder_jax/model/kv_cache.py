@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from qwencoder_jax.kernels import few_rows
 from qwencoder_jax.model.layers import dtype_of
 from qwencoder_jax.model.transformer import Transformer, output_projection
 
@@ -94,11 +95,16 @@ def _last_logits(model: Transformer, params: Any, hidden_bd: jnp.ndarray) -> jnp
 
 
 @functools.lru_cache(maxsize=64)
-def make_decoder(model: Transformer, cache_length: int, eos_ids: tuple[int, ...]) -> Callable:
+def make_decoder(model: Transformer, cache_length: int, eos_ids: tuple[int, ...],
+                 few_rows_kernel: bool = True) -> Callable:
     """A jitted `(params, prompt_ids_bp, prompt_lengths_b, active_b, sample_ids_b, max_new_tokens, seed,
     temperature, top_k, top_p) -> (tokens_bn [b, cache_length - P] int32, steps [])`; prompts left-padded (any
     pad id), lengths >= 1, max_new_tokens <= cache_length - P. One compilation per (batch, P) shape; cached per
-    (model, cache_length, eos_ids), so generators of equal models share compilations."""
+    (model, cache_length, eos_ids, few_rows_kernel), so generators of equal models share compilations.
+
+    few_rows_kernel: decode steps compute their float32 matmuls with `qwencoder_jax.kernels.few_rows` on CPU
+    (elsewhere, or where it does not apply, they are XLA's dots). It has no sharding rule: pass False when the
+    parameters or the batch are sharded over several devices."""
     if not eos_ids:
         raise ValueError("decoding needs at least one end-of-sequence token id")
     eos_e = tuple(int(i) for i in eos_ids)
@@ -131,9 +137,10 @@ def make_decoder(model: Transformer, cache_length: int, eos_ids: tuple[int, ...]
             tokens_bn = jax.lax.dynamic_update_slice(tokens_bn, token_b[:, None], (0, step))
             done_b = done_b | jnp.any(token_b[:, None] == eos_ids_e[None, :], axis=-1)
             fed_b1 = jnp.maximum(token_b, 0)[:, None]  # finished rows feed a harmless id; their output is ignored
-            logits_b1v, mutated = model.apply({"params": params, "cache": cache}, fed_b1,
-                                              jnp.ones((b, 1), jnp.int32), (prompt_lengths_b + step)[:, None],
-                                              decode="step", mutable=["cache"])
+            with few_rows.enabled(few_rows_kernel):
+                logits_b1v, mutated = model.apply({"params": params, "cache": cache}, fed_b1,
+                                                  jnp.ones((b, 1), jnp.int32), (prompt_lengths_b + step)[:, None],
+                                                  decode="step", mutable=["cache"])
             return step + 1, tokens_bn, logits_b1v[:, 0], mutated["cache"], done_b
 
         tokens_bn = jnp.full((b, new_slots), FINISHED, jnp.int32)

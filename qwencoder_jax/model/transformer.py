@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qwencoder_jax.kernels import few_rows
 from qwencoder_jax.model.attention import Attention
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import MLP, RMSNorm, dense_init, dtype_of, rope_cos_sin
@@ -73,8 +74,14 @@ class Embed(nn.Module):
         return nn.with_logical_constraint(x_btd, ("act_batch", "act_length", "act_embed"))
 
     def attend(self, x_btd):
-        table_vd = self.embedding.astype(x_btd.dtype)
-        return jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
+        return head_logits(x_btd, self.embedding.astype(x_btd.dtype), transposed=True)
+
+
+def head_logits(x_btd: jnp.ndarray, projection: jnp.ndarray, transposed: bool = False) -> jnp.ndarray:
+    """Float32 logits [b, t, v] of hidden states against the head's matrix: [d, v], or [v, d] when `transposed`
+    (a tied embedding table). Through `few_rows.dot_general`: the decode-step kernel on CPU when enabled."""
+    dims = (((2,), (1,) if transposed else (0,)), ((), ()))
+    return few_rows.dot_general(x_btd, projection, dims, preferred_element_type=jnp.float32)
 
 
 class LMHead(nn.Module):
@@ -87,7 +94,7 @@ class LMHead(nn.Module):
         cfg = self.config
         kernel_dv = self.param("kernel", nn.with_logical_partitioning(dense_init(), ("embed", "vocab")),
                                (cfg.hidden_size, cfg.vocab_size), dtype_of(cfg.param_dtype))
-        return jnp.einsum("btd,dv->btv", x_btd, kernel_dv.astype(x_btd.dtype), preferred_element_type=jnp.float32)
+        return head_logits(x_btd, kernel_dv.astype(x_btd.dtype))
 
 
 class Transformer(nn.Module):
