@@ -150,7 +150,8 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
                                    preferred_element_type=preferred_element_type, **kwargs)
 
     transposed_w = _kernel_layout(lhs, rhs, dimension_numbers) if is_enabled() else None
-    if transposed_w is None or preferred_element_type not in (None, jnp.float32) or not available():
+    if (transposed_w is None or preferred_element_type not in (None, jnp.float32)
+            or jax.default_backend() != "cpu" or not available()):  # no compiler run on TPU/GPU hosts
         return xla(lhs, rhs)
     count = len(dimension_numbers[0][0])
     free_lhs = lhs.shape[:lhs.ndim - count]
