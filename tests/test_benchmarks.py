@@ -32,3 +32,16 @@ def test_remat_lowers_peak_memory(policy):
     plain = model_memory.train_step_memory("tiny", batch=2, sequence=256, remat_policy="none")
     remat = model_memory.train_step_memory("tiny", batch=2, sequence=256, remat_policy=policy)
     assert remat["temp_bytes"] < plain["temp_bytes"]
+
+
+def test_few_rows_benchmark_times_both_sides(capsys):
+    import few_rows_matmul
+
+    if not few_rows_matmul.few_rows.available():
+        pytest.skip("the few-row kernel could not be built here")
+    results = few_rows_matmul.main(["--rows", "2", "--shapes", "64x48,64x80t", "--megabytes", "1", "--repeats", "1"])
+    assert [r["shape"] for r in results] == ["64x48", "64x80t"]
+    assert all(r["xla"] > 0 and r["kernel"] > 0 for r in results)
+    assert "rows=2 64x80t: xla=" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="is not KxN"):
+        few_rows_matmul.parse_shape("64by48")
