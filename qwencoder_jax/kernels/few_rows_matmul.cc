@@ -11,8 +11,8 @@
 // [576, 576] 100 -> 64 us, [576, 1536] 260 -> 160-210 us, [1536, 576] 238 -> 160 us; head [49152, 576] 7.3 ->
 // 5.5 ms. With one row it matches XLA (both run at read bandwidth).
 //
-// Vectors are GCC vector extensions (compiled with -march=native by few_rows.py): AVX-512, AVX2 or NEON,
-// whichever the machine has, from one source.
+// Vectors are GCC vector extensions (compiled with -march=native by few_rows.py): AVX-512, AVX2 or NEON
+// from one source, whichever the machine has (run on AVX-512 only so far).
 
 #include <algorithm>
 #include <atomic>
