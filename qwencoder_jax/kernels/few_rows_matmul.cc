@@ -26,6 +26,10 @@
 #include <thread>
 #include <vector>
 
+#ifdef __linux__
+#include <sched.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -166,7 +170,7 @@ void columns_transposed(const float* x, const float* w, float* y, int64_t m, int
   }
 }
 
-// Workers of our own, one per core beyond the caller's. A decode step calls the kernel every 50-200 us; XLA's
+// Workers of our own, one per usable core beyond the caller's. A decode step calls the kernel every 50-200 us; XLA's
 // intra-op pool lets its threads sleep in between, and waking one took ~40 us, about as long as a whole share,
 // so the caller ended up doing nearly every share itself (measured: 99% of shares). These workers spin (with
 // yield, so a core XLA needs is given up at once) for a short while after each job, then sleep.
@@ -217,8 +221,20 @@ class Workers {
     }
   };
 
+  // Cores this process may run on (its affinity mask, not the host's core count: a container pinned to 2 of 64
+  // cores must not start 63 spinning threads), at most kMaxThreads: a few cores already saturate memory reads.
+  static int64_t usable_cores() {
+    constexpr int64_t kMaxThreads = 8;
+    int64_t cores = std::max<unsigned>(1, std::thread::hardware_concurrency());
+#ifdef __linux__
+    cpu_set_t mask;
+    if (sched_getaffinity(0, sizeof(mask), &mask) == 0) cores = std::max(1, CPU_COUNT(&mask));
+#endif
+    return std::min(cores, kMaxThreads);
+  }
+
   Workers() {
-    const int64_t cores = std::max<unsigned>(1, std::thread::hardware_concurrency());
+    const int64_t cores = usable_cores();
     for (int64_t i = 0; i + 1 < cores; ++i) threads_.emplace_back([this] { loop(); });
     for (auto& thread : threads_) thread.detach();
   }
@@ -291,14 +307,14 @@ ffi::Error FewRowsMatmul(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   // strided runs, which measured ~30% slower.
   const int64_t shares = std::max<int64_t>(1, std::min(threads, k / kRowsPerPass));
   const int64_t per_share = (k / kRowsPerPass + shares - 1) / shares * kRowsPerPass;
-  std::vector<float> partials(static_cast<size_t>((shares - 1) * m * n));
+  std::unique_ptr<float[]> partials(new float[(shares - 1) * m * n]);  // rows() overwrites them
   run_shares(shares, [&](int64_t share) {
     const int64_t k0 = std::min(k, share * per_share);
     const int64_t k1 = share == shares - 1 ? k : std::min(k, k0 + per_share);
-    rows(xp, wp, share == 0 ? yp : partials.data() + (share - 1) * m * n, m, k, n, k0, k1);
+    rows(xp, wp, share == 0 ? yp : partials.get() + (share - 1) * m * n, m, k, n, k0, k1);
   });
   for (int64_t share = 1; share < shares; ++share) {
-    const float* partial = partials.data() + (share - 1) * m * n;
+    const float* partial = partials.get() + (share - 1) * m * n;
     for (int64_t i = 0; i < m * n; ++i) yp[i] += partial[i];
   }
   return ffi::Error::Success();
