@@ -1,7 +1,9 @@
 """The on-disk form of a model: an orbax composite checkpoint whose items are `params` and `model_config`.
 
-    CKPT_DIR/params/        orbax PyTree checkpoint of the parameter tree (scanned-layer layout)
-    CKPT_DIR/model_config/  the ModelConfig as JSON (orbax JsonSave)
+    CKPT_DIR/params/          orbax PyTree checkpoint of the parameter tree (scanned-layer layout)
+    CKPT_DIR/model_config/    the ModelConfig as JSON (orbax JsonSave)
+    CKPT_DIR/packed_weights/  optional: block-quantised projections kept as the source stored them (a GGUF's
+                              Q4_0/Q4_1/Q8_0 tensors), which decoding multiplies by (qwencoder_jax.kernels.packed)
 
 Converted checkpoints are written in this form, and every training checkpoint step directory holds the same two
 items beside the optimizer and data-iterator state, so `load` takes either. Parameters keep the dtype they were
@@ -19,29 +21,60 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from qwencoder_jax.kernels.packed import PackedWeight
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "model_config"
+PACKED_ITEM = "packed_weights"
 
 
 def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
-def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *, overwrite: bool = False) -> Path:
-    """Write params + config as an orbax checkpoint at `directory` (absolute path required by orbax)."""
+def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *, overwrite: bool = False,
+               packed: dict[str, PackedWeight] | None = None) -> Path:
+    """Write params + config (+ packed weights by Hugging Face name) as an orbax checkpoint at `directory`."""
     directory = Path(directory).absolute()
     if directory.exists():
         if not overwrite:
             raise FileExistsError(f"checkpoint directory {directory} already exists; pass overwrite=True "
                                   "or choose a new directory")
-    _checkpointer().save(directory, ocp.args.Composite(**{
-        PARAMS_ITEM: ocp.args.StandardSave(params),
-        CONFIG_ITEM: ocp.args.JsonSave(config.to_dict()),
-    }), force=overwrite)
+    items = {PARAMS_ITEM: ocp.args.StandardSave(params), CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}
+    if packed:
+        tree: dict[str, Any] = {}  # nested by the name's dotted parts (orbax joins key paths with dots itself)
+        for name, weight in packed.items():
+            node = tree
+            for part in name.split("."):
+                node = node.setdefault(part, {})
+            node.update(codes=weight.codes, scale=weight.scale, offset=weight.offset)
+        items[PACKED_ITEM] = ocp.args.StandardSave(tree)
+    _checkpointer().save(directory, ocp.args.Composite(**items), force=overwrite)
     return directory
+
+
+def load_packed(path: str | os.PathLike) -> dict[str, PackedWeight] | None:
+    """The checkpoint's packed weights by Hugging Face name (on this process's first device), or None."""
+    directory = resolve_checkpoint_dir(path)
+    if not (directory / PACKED_ITEM).is_dir():
+        return None
+    restored = _checkpointer().restore(directory, ocp.args.Composite(**{
+        PACKED_ITEM: ocp.args.StandardRestore(_local_target(directory, PACKED_ITEM))}))[PACKED_ITEM]
+    packed = {}
+
+    def collect(node: dict, parts: tuple[str, ...]) -> None:
+        if "codes" in node:
+            name = ".".join(parts)
+            packed[name] = PackedWeight(node["codes"], node["scale"], node["offset"]).check(
+                f"{directory}: packed weight {name}")
+            return
+        for key, child in node.items():
+            collect(child, (*parts, key))
+
+    collect(restored, ())
+    return packed
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -70,14 +103,14 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_dict(restored[CONFIG_ITEM])
 
 
-def _local_target(directory: Path) -> Any:
+def _local_target(directory: Path, item: str = PARAMS_ITEM) -> Any:
     """Shapes and dtypes of the stored parameters, each placed whole on this process's first device.
 
     Restoring without a target asks orbax to rebuild the saved shardings, which fails ("topology mismatch") for a
     checkpoint written by several processes or on a mesh this host does not have; an explicit single-device target
     makes any checkpoint readable on one host (evaluation, notebooks, conversion)."""
-    handler = ocp.CompositeCheckpointHandler(**{PARAMS_ITEM: ocp.StandardCheckpointHandler()})
-    metadata = ocp.Checkpointer(handler).metadata(directory).item_metadata[PARAMS_ITEM]
+    handler = ocp.CompositeCheckpointHandler(**{item: ocp.StandardCheckpointHandler()})
+    metadata = ocp.Checkpointer(handler).metadata(directory).item_metadata[item]
     device = jax.local_devices()[0]
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
         device)), metadata)

@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); cut before it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--float_weights", action="store_true",
+                        help="decode from the float params even where the checkpoint keeps packed (GGUF) weights")
     args = parser.parse_args(argv)
     fim = args.prefix is not None or args.suffix is not None
     if fim and args.prompt is not None:
@@ -61,7 +63,8 @@ def main(argv=None) -> list[str]:
         sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, top_k=args.top_k,
                                   stop=tuple(_unescape(s) for s in args.stop), seed=args.seed)
-        generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer)
+        generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
+                                              packed_weights=not args.float_weights)
         n = args.num_samples
         if args.prompt is not None:
             completions = generator.generate([_unescape(args.prompt)] * n, sampling)

@@ -106,6 +106,21 @@ def expected_hf_names(config: ModelConfig) -> list[str]:
     return names
 
 
+def matrix_names(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """The weights a decode step multiplies by, as HF name -> (module path in the unrolled layer layout, HF
+    [out, in] shape): every layer projection, and the head (the embedding table when tied, else lm_head)."""
+    names = {}
+    for rule in layer_rules(config):
+        if rule.path[-1] == "kernel":
+            for i in range(config.num_layers):
+                names[rule.hf_name.format(i=i)] = ((f"layers_{i}", *rule.path[:-1]), rule.hf_shape)
+    head = ("embed", "embedding") if config.tie_embeddings else ("lm_head", "kernel")
+    for rule in global_rules(config):
+        if rule.path == head:
+            names[rule.hf_name] = (rule.path[:-1], rule.hf_shape)
+    return names
+
+
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from qwencoder_jax import checkpoints
-from qwencoder_jax.convert.common import ConversionError, check_output_dir, expected_hf_names, params_from_hf
+from qwencoder_jax.convert.common import (ConversionError, check_output_dir, expected_hf_names, matrix_names,
+                                          params_from_hf)
+from qwencoder_jax.kernels.packed import GGUF_TYPES, PackedWeight
 from qwencoder_jax.model.config import DTYPES, ModelConfig, YarnScaling
 
 # GGUF architecture -> (q/k/v carry a bias, Q/K rows were interleaved by llama.cpp's converter)
@@ -193,6 +195,32 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
     return config, params_from_hf(config, read)
 
 
+def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
+    """The file's projection and head weights that are stored as Q4_0 / Q4_1 / Q8_0 blocks, kept packed, by
+    Hugging Face name in HF's [out, in] layout (Q/K rows of `llama` files put back in rotate-halves order, as
+    `read_gguf` does for the float values). Weights of other types are left out: decoding multiplies by their
+    float values. See qwencoder_jax.kernels.packed for the format and qwencoder_jax.model.packed_weights for use.
+    """
+    file = GGUFFile(path)
+    config = model_config_from_gguf(file)
+    _, interleaved = ARCHITECTURES[file.architecture]
+    packed = {}
+    for hf_name, (_, shape) in matrix_names(config).items():
+        name = gguf_tensor_name(hf_name)
+        tensor = file.tensors.get(name)
+        if tensor is None or tensor.tensor_type.name not in GGUF_TYPES:
+            continue
+        if file.shape(name) != tuple(shape):
+            raise ConversionError(f"{file.path}: tensor {name!r} ({hf_name}) has shape {file.shape(name)}, expected "
+                                  f"{tuple(shape)} from the file's {file.architecture}.* metadata")
+        weight = PackedWeight.from_gguf_blocks(tensor.data, tensor.tensor_type.name, file.shape(name))
+        if interleaved and name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = config.num_heads if "attn_q" in name else config.num_kv_heads
+            weight = PackedWeight(*(uninterleave_rows(a, heads) for a in (weight.codes, weight.scale, weight.offset)))
+        packed[hf_name] = weight
+    return packed
+
+
 TOKENIZER_FILE = "tokenizer.json"  # beside the checkpoint's items; qwencoder_jax.eval.generate looks for it
 
 
@@ -215,9 +243,10 @@ def write_tokenizer(path: str | os.PathLike, output_file: str | os.PathLike) -> 
 
 def gguf_to_orbax(path: str | os.PathLike, ckpt_dir: str | os.PathLike, *, dtype: str = "float32",
                   overwrite: bool = False) -> Path:
-    """Convert, and store the file's tokenizer (if it has one) as CKPT_DIR/tokenizer.json."""
+    """Convert, keep its Q4_0/Q4_1/Q8_0 projections packed beside the float params (`read_packed`; decoding
+    multiplies by them), and store the file's tokenizer (if it has one) as CKPT_DIR/tokenizer.json."""
     check_output_dir(ckpt_dir, overwrite)
     config, params = read_gguf(path, dtype=dtype)
-    directory = checkpoints.save_model(ckpt_dir, config, params, overwrite=overwrite)
+    directory = checkpoints.save_model(ckpt_dir, config, params, overwrite=overwrite, packed=read_packed(path))
     write_tokenizer(path, directory / TOKENIZER_FILE)
     return directory

@@ -11,6 +11,10 @@ applied to the decoded text on the host once the batch is done).
 
 Tokenizers: a checkpoint directory may hold a `tokenizer.json` (the GGUF converter writes the one stored in the
 GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size gets the Qwen2.5 tokenizer.
+
+Weights: a GGUF conversion keeps the file's Q4_0/Q4_1/Q8_0 projections packed beside the float params, and decode
+steps multiply by those (qwencoder_jax.model.packed_weights): the same values, a quarter to an eighth of the bytes
+to read per token. `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import tokenizers
 
 from qwencoder_jax import assets, sharding
-from qwencoder_jax.model import kv_cache
+from qwencoder_jax.model import kv_cache, packed_weights
 from qwencoder_jax.model.config import QWEN_VOCAB_SIZE, ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 
@@ -126,7 +130,11 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 class Generator:
-    def __init__(self, model: Transformer, params: Any, tokenizer: Any, *, mesh=None, max_batch_size: int = 8):
+    def __init__(self, model: Transformer, params: Any, tokenizer: Any, *, mesh=None, max_batch_size: int = 8,
+                 packed: dict[str, Any] | None = None):
+        """packed: block-quantised weights by Hugging Face name (a GGUF conversion's, `checkpoints.load_packed`):
+        decode steps multiply by them instead of the float params, reading 4.5-8.5 bits per weight instead of 32
+        (same values, qwencoder_jax.kernels.packed). Unsharded decoding only: on a mesh they are not used."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         config = model.config
@@ -149,12 +157,17 @@ class Generator:
             params = jax.device_put(params, sharding.shard_params(boxed, mesh))
             self._batch_parts = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
         self.params = params
+        self.packed = None
+        if packed and mesh is None:
+            packed_weights.check(model.config, packed)
+            self.packed = jax.tree.map(jnp.asarray, packed)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, tokenizer: Any = None, mesh=None, max_batch_size: int = 8,
-                        **model_overrides: Any) -> "Generator":
+                        packed_weights: bool = True, **model_overrides: Any) -> "Generator":
         """A generator on a converted or training checkpoint; `tokenizer` is a tokenizer object or a path to a
-        tokenizer.json (default: see `tokenizer_for_checkpoint`); overrides are execution options."""
+        tokenizer.json (default: see `tokenizer_for_checkpoint`); overrides are execution options.
+        packed_weights: decode from the checkpoint's packed weights when it has them (GGUF conversions)."""
         from qwencoder_jax import checkpoints
 
         model, params = checkpoints.load(path, **{"scan_layers": False, **model_overrides})
@@ -162,7 +175,8 @@ class Generator:
             tokenizer = tokenizer_for_checkpoint(path, model.config)
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = Tokenizer.from_file(tokenizer)
-        return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size)
+        packed = checkpoints.load_packed(path) if packed_weights else None
+        return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed)
 
     # --- ids ---------------------------------------------------------------------------------------------
 
@@ -205,7 +219,7 @@ class Generator:
         options = (np.int32(sampling.max_new_tokens), np.uint32(sampling.seed), np.float32(sampling.temperature),
                    np.int32(sampling.top_k), np.float32(sampling.top_p))
         if self.mesh is None:
-            tokens_bn, _ = decode(self.params, *inputs, *options)
+            tokens_bn, _ = decode(self.params, *inputs, *options, packed=self.packed)
         else:
             with sharding.activate(self.mesh):
                 placed = [jax.device_put(x, sharding.data_sharding(self.mesh, x.ndim)) for x in inputs]

@@ -41,6 +41,8 @@ import jaxlib
 SOURCE = Path(__file__).with_name("few_rows_matmul.cc")
 TARGET = "qwencoder_few_rows_matmul"
 SYMBOL = "QwencoderFewRowsMatmul"
+# every handler the library exports, by custom-call target (qwencoder_jax.kernels.packed uses the second)
+HANDLERS = {TARGET: SYMBOL, "qwencoder_packed_matmul": "QwencoderPackedMatmul"}
 MAX_ROWS = 16  # beyond this XLA's own dot is as good (rows reuse each loaded weight enough)
 
 _state = threading.local()
@@ -109,7 +111,8 @@ def available() -> bool:
         if not path.is_file():
             build(path)
         library = ctypes.cdll.LoadLibrary(str(path))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)), platform="cpu")
+        for target, symbol in HANDLERS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
         return True
     except (OSError, RuntimeError) as error:
         warnings.warn(f"few-row matmul kernel unavailable, decoding uses XLA's dot: {error}", stacklevel=2)

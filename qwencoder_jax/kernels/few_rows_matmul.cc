@@ -30,6 +30,10 @@
 #include <sched.h>
 #endif
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -320,6 +324,131 @@ ffi::Error FewRowsMatmul(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
+// --- block-quantised weights: x [m, k] @ w.T for w [n, k] kept packed (GGUF's Q4_0, Q4_1, Q8_0 blocks) -------
+//
+// w[c, 32 b + j] = scale[c, b] * code + offset[c, b]: 4-bit codes (0..15) two to a byte, byte j of a block
+// holding element j in its low nibble and element j + 16 in its high nibble (GGUF's order), or 8-bit signed
+// codes one to a byte. Four rows of w at a time are expanded to float32 into a scratch buffer in L1 and then
+// meet every row of x through transposed_tile. The scales are float16 values (GGUF stores them so), so
+// scale * code is exact in float32 and each expanded weight is the float32 value GGUF's dequantisation gives,
+// fused multiply-add or not: the product differs from the float32 matmul by summation order only.
+
+constexpr int64_t kBlock = 32;
+// One block's 32 weights as float32 into out[0..32). With AVX-512: one widening of 16 bytes to 16 ints, a
+// mask or shift, a convert and a multiply-add per 16 weights. GCC's vectoriser (and its vector-extension
+// conversions) widened the bytes one at a time here, which made the whole kernel slower than float32's; other
+// machines take the plain loops.
+#if defined(__AVX512F__)
+inline void expand_block4(const uint8_t* q, float d, float m, float* out) {
+  const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  const Vec low = reinterpret_cast<Vec>(_mm512_cvtepi32_ps(_mm512_and_si512(codes, _mm512_set1_epi32(15))));
+  const Vec high = reinterpret_cast<Vec>(_mm512_cvtepi32_ps(_mm512_srli_epi32(codes, 4)));
+  store(out, low * d + m);
+  store(out + 16, high * d + m);
+}
+
+inline void expand_block8(const int8_t* q, float d, float m, float* out) {
+  for (int half = 0; half < 2; ++half) {
+    const __m512i codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * half)));
+    store(out + 16 * half, reinterpret_cast<Vec>(_mm512_cvtepi32_ps(codes)) * d + m);
+  }
+}
+#else
+inline void expand_block4(const uint8_t* __restrict__ q, float d, float m, float* __restrict__ out) {
+  for (int j = 0; j < 16; ++j) out[j] = static_cast<float>(q[j] & 15) * d + m;
+  for (int j = 0; j < 16; ++j) out[16 + j] = static_cast<float>(q[j] >> 4) * d + m;
+}
+
+inline void expand_block8(const int8_t* __restrict__ q, float d, float m, float* __restrict__ out) {
+  for (int j = 0; j < kBlock; ++j) out[j] = static_cast<float>(q[j]) * d + m;
+}
+#endif
+
+// Rows [c, c + together) of the packed weight as float32 into out[j * k + i].
+void expand_rows(const uint8_t* __restrict__ codes, const float* __restrict__ scale,
+                 const float* __restrict__ offset, int bits, int64_t k, int64_t c, int64_t together,
+                 float* __restrict__ out) {
+  const int64_t blocks = k / kBlock;
+  const int64_t row_bytes = bits == 4 ? k / 2 : k;
+  const int64_t block_bytes = bits == 4 ? kBlock / 2 : kBlock;
+  for (int64_t j = 0; j < together; ++j) {
+    const uint8_t* row = codes + (c + j) * row_bytes;
+    const float* s = scale + (c + j) * blocks;
+    const float* o = offset + (c + j) * blocks;
+    float* dst = out + j * k;
+    const uint8_t* ahead = row + kTogether * row_bytes;  // the same row of the next group
+    for (int64_t i = 0; i < row_bytes; i += 64) __builtin_prefetch(ahead + i);
+    if (bits == 4) {
+      for (int64_t b = 0; b < blocks; ++b) expand_block4(row + b * block_bytes, s[b], o[b], dst + b * kBlock);
+    } else {
+      for (int64_t b = 0; b < blocks; ++b) {
+        expand_block8(reinterpret_cast<const int8_t*>(row) + b * block_bytes, s[b], o[b], dst + b * kBlock);
+      }
+    }
+  }
+}
+
+// Columns [n0, n1) of y = x @ w.T, w packed [n, k].
+void columns_packed(const float* x, const uint8_t* codes, const float* scale, const float* offset, int bits,
+                    float* y, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
+  std::unique_ptr<float[]> expanded(new float[kTogether * k]);
+  for (int64_t c = n0; c < n1; c += kTogether) {
+    const int64_t together = std::min(kTogether, n1 - c);
+    expand_rows(codes, scale, offset, bits, k, c, together, expanded.get());
+    const float* wc[kTogether];
+    for (int64_t j = 0; j < kTogether; ++j) wc[j] = expanded.get() + std::min(j, together - 1) * k;
+    for (int64_t r0 = 0; r0 < m; r0 += kTransposedTile) {
+      const float* xr = x + r0 * k;
+      float* yr = y + r0 * n + c;
+      switch (std::min(kTransposedTile, m - r0)) {
+        case 1: transposed_tile<1>(xr, wc, yr, k, n, together, nullptr); break;
+        case 2: transposed_tile<2>(xr, wc, yr, k, n, together, nullptr); break;
+        case 3: transposed_tile<3>(xr, wc, yr, k, n, together, nullptr); break;
+        default: transposed_tile<4>(xr, wc, yr, k, n, together, nullptr); break;
+      }
+    }
+  }
+}
+
+ffi::Error PackedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes, ffi::Buffer<ffi::F32> scale,
+                        ffi::Buffer<ffi::F32> offset, ffi::ResultBuffer<ffi::F32> y) {
+  const auto x_dims = x.dimensions();
+  const auto c_dims = codes.dimensions();
+  if (x_dims.size() != 2 || c_dims.size() != 2 || scale.dimensions().size() != 2 ||
+      offset.dimensions().size() != 2) {
+    return ffi::Error::InvalidArgument("packed_matmul takes x [m, k], codes [n, k or k/2], scale and offset "
+                                       "[n, k/32]: 2-D arrays");
+  }
+  int bits;
+  if (codes.element_type() == ffi::DataType::U8) {
+    bits = 4;
+  } else if (codes.element_type() == ffi::DataType::S8) {
+    bits = 8;
+  } else {
+    return ffi::Error::InvalidArgument("packed_matmul: codes must be uint8 (4-bit pairs) or int8 (8-bit)");
+  }
+  const int64_t m = x_dims[0], k = x_dims[1], n = c_dims[0];
+  if (k % kBlock != 0 || c_dims[1] != (bits == 4 ? k / 2 : k) || scale.dimensions()[0] != n ||
+      scale.dimensions()[1] != k / kBlock || offset.dimensions()[0] != n || offset.dimensions()[1] != k / kBlock) {
+    return ffi::Error::InvalidArgument("packed_matmul: shapes of x, codes, scale and offset do not agree");
+  }
+  const float* xp = x.typed_data();
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.untyped_data());
+  const float* sp = scale.typed_data();
+  const float* op = offset.typed_data();
+  float* yp = y->typed_data();
+  const int64_t threads = Workers::get().size() + 1;
+  // column shares in whole groups of kTogether rows of w
+  const int64_t groups = (n + kTogether - 1) / kTogether;
+  const int64_t shares = std::max<int64_t>(1, std::min(threads, groups));
+  const int64_t per_share = (groups + shares - 1) / shares * kTogether;
+  run_shares(shares, [&](int64_t share) {
+    const int64_t n0 = std::min(n, share * per_share), n1 = std::min(n, n0 + per_share);
+    if (n0 < n1) columns_packed(xp, cp, sp, op, bits, yp, m, k, n, n0, n1);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QwencoderFewRowsMatmul, FewRowsMatmul,
@@ -328,3 +457,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QwencoderFewRowsMatmul, FewRowsMatmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("transposed_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QwencoderPackedMatmul, PackedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
