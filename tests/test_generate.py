@@ -199,6 +199,8 @@ def smollm2(tmp_path_factory):
 def test_smollm2_generation_matches_full_forward_and_stop_strings_cut(smollm2):
     directory, generator = smollm2
     assert (directory / "tokenizer.json").is_file()
+    # decode steps multiply by the GGUF's own Q4_1 / Q8_0 blocks; the reference below uses the float32 params
+    assert generator.packed is not None and len(generator.packed) == 30 * 7 + 1
     prompt = "def fibonacci(n):"
     prompt_ids = generator.tokenizer.encode(prompt)
     full = generator.generate([prompt], SamplingConfig(max_new_tokens=24))[0]

@@ -50,6 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--math_max_new_tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float_weights", action="store_true",
+                        help="decode from the float params even where the checkpoint keeps packed (GGUF) weights")
     parser.add_argument("--workers", type=int, default=2, help="concurrent sandboxed programs per process")
     parser.add_argument("--unsandboxed", action="store_true",
                         help="run model-written code WITHOUT isolation (only if bubblewrap cannot work here)")
@@ -101,7 +103,8 @@ def run_share(args: argparse.Namespace, options: EvalOptions, index: int, count:
     """Runs this process's share of every task and writes its records to OUTPUT/parts/."""
     from qwencoder_jax.eval.generate import Generator
 
-    generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer)
+    generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
+                                          packed_weights=not args.float_weights)
     os.makedirs(os.path.join(args.output, PARTS), exist_ok=True)
     for task in args.task_list:
         records = _task_module(task).run(generator, options, index, count)
