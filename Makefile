@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-slow test-all bench bench-data data-stdlib clean
+.PHONY: setup demo test test-slow test-all bench bench-decode bench-data data-stdlib clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,10 @@ bench: setup
 	$(PY) benchmarks/model_throughput.py
 	$(PY) benchmarks/model_memory.py
 	$(PY) benchmarks/sharding_step.py
+
+bench-decode: setup
+	$(PY) benchmarks/decode_throughput.py
+	$(PY) benchmarks/few_rows_matmul.py
 
 bench-data: setup
 	$(PY) benchmarks/dedup_throughput.py

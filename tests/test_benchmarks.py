@@ -39,9 +39,12 @@ def test_few_rows_benchmark_times_both_sides(capsys):
 
     if not few_rows_matmul.few_rows.available():
         pytest.skip("the few-row kernel could not be built here")
-    results = few_rows_matmul.main(["--rows", "2", "--shapes", "64x48,64x80t", "--megabytes", "1", "--repeats", "1"])
-    assert [r["shape"] for r in results] == ["64x48", "64x80t"]
+    results = few_rows_matmul.main(["--rows", "2", "--shapes", "64x48,64x80t,48x16", "--megabytes", "1",
+                                    "--repeats", "1"])
+    assert [r["shape"] for r in results] == ["64x48", "64x80t", "48x16"]
     assert all(r["xla"] > 0 and r["kernel"] > 0 for r in results)
-    assert "rows=2 64x80t: xla=" in capsys.readouterr().out
+    assert all(r["packed4"] > 0 and r["packed8"] > 0 for r in results[:2]) and "packed4" not in results[2]
+    out = capsys.readouterr().out
+    assert "rows=2 64x80t: xla=" in out and "packed4=" in out
     with pytest.raises(ValueError, match="is not KxN"):
         few_rows_matmul.parse_shape("64by48")
