@@ -91,6 +91,8 @@ def test_bad_packed_weights_are_named():
         PackedWeight.quantize(np.zeros((4, 64), np.float32), 2)
     with pytest.raises(ValueError, match=r"x must be \[m, 64\]"):
         packed.matmul(jnp.ones((2, 32)), good)
+    with pytest.raises(ValueError, match=r"120 bytes are no Q4_1 tensor \[4, 64\] \(8 blocks of 20 bytes\)"):
+        PackedWeight.from_gguf_blocks(np.zeros((4, 30), np.uint8), "Q4_1", (4, 64))
     with pytest.raises(ValueError, match="not kept packed"):
         PackedWeight.from_gguf_blocks(np.zeros((4, 40), np.uint8), "Q5_K", (4, 64))
 

@@ -17,6 +17,7 @@ on first use with the system C++ compiler (g++, scripts/apt-packages.txt) agains
 this machine's instruction set, into a cache directory keyed by source, jaxlib version and CPU flags
 ($QWENCODER_KERNEL_CACHE, default ~/.cache/qwencoder_jax/kernels). If it cannot be built, decoding falls back to
 XLA's dot after one warning that says why; QWENCODER_FEW_ROWS=0 turns the kernel off.
+The same library holds the packed-weight matmul of qwencoder_jax.kernels.packed (HANDLERS).
 """
 
 from __future__ import annotations

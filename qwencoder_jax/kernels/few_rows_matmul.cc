@@ -1,4 +1,6 @@
 // y[m, n] = sum_k x[m, k] * w[k, n] for a handful of rows m: the matmuls of a decode step on CPU.
+// (And, further down, the same against block-quantised weights kept packed: PackedMatmul, used by
+// qwencoder_jax/kernels/packed.py.)
 //
 // Built and loaded by qwencoder_jax/kernels/few_rows.py (an XLA FFI custom call, float32 only). Why it exists:
 // with 8 rows, XLA's CPU dot streams a weight at ~13 GB/s while this machine reads ~28 GB/s, and a decode step

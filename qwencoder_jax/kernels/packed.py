@@ -78,7 +78,11 @@ class PackedWeight:
             raise ValueError(f"a {type_name} tensor [{n}, {k}] must have rows in whole blocks of {BLOCK}")
         head = 4 if type_name == "Q4_1" else 2
         body = BLOCK // 2 if type_name.startswith("Q4") else BLOCK
-        blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(n, k // BLOCK, head + body)
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        if data.size != n * (k // BLOCK) * (head + body):
+            raise ValueError(f"{data.size} bytes are no {type_name} tensor [{n}, {k}] "
+                             f"({n * (k // BLOCK)} blocks of {head + body} bytes)")
+        blocks = data.reshape(n, k // BLOCK, head + body)
         d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
         if type_name == "Q4_1":
             offset = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
