@@ -99,6 +99,11 @@ class GGUFFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(int(n) for n in reversed(self.tensors[name].shape))  # GGUF lists dims fastest-first
 
+    def check_shape(self, name: str, hf_name: str, expected_shape: tuple[int, ...]) -> None:
+        if self.shape(name) != tuple(expected_shape):
+            raise ConversionError(f"{self.path}: tensor {name!r} ({hf_name}) has shape {self.shape(name)}, expected "
+                                  f"{tuple(expected_shape)} from the file's {self.architecture}.* metadata")
+
     def dequantised(self, name: str) -> np.ndarray:
         tensor = self.tensors[name]
         try:
@@ -166,6 +171,13 @@ def model_config_from_gguf(file: GGUFFile) -> ModelConfig:
         raise ConversionError(f"{file.path}: the metadata describe no valid model: {error}") from None
 
 
+def interleaved_heads(file: GGUFFile, config: ModelConfig, name: str) -> int | None:
+    """The head count of tensor `name` if llama.cpp interleaved its rows (Q/K of `llama` files), else None."""
+    if not ARCHITECTURES[file.architecture][1] or not name.endswith(("attn_q.weight", "attn_k.weight")):
+        return None
+    return config.num_heads if "attn_q" in name else config.num_kv_heads
+
+
 def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelConfig, dict[str, Any]]:
     """(config, scanned param tree of numpy arrays in `dtype`) from a Llama- or Qwen2-family GGUF file."""
     if dtype not in DTYPES:
@@ -173,18 +185,16 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
     target = np.dtype(jnp.dtype(dtype))  # jnp knows bfloat16
     file = GGUFFile(path)
     config = model_config_from_gguf(file)
-    _, interleaved = ARCHITECTURES[file.architecture]
 
     def read(hf_name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
         name = gguf_tensor_name(hf_name)
         if name not in file.tensors:
             raise ConversionError(f"{file.path}: tensor {name!r} ({hf_name}) is missing")
-        if file.shape(name) != tuple(expected_shape):
-            raise ConversionError(f"{file.path}: tensor {name!r} ({hf_name}) has shape {file.shape(name)}, expected "
-                                  f"{tuple(expected_shape)} from the file's {file.architecture}.* metadata")
+        file.check_shape(name, hf_name, expected_shape)
         values = file.dequantised(name)
-        if interleaved and name.endswith(("attn_q.weight", "attn_k.weight")):
-            values = uninterleave_rows(values, config.num_heads if "attn_q" in name else config.num_kv_heads)
+        heads = interleaved_heads(file, config, name)
+        if heads:
+            values = uninterleave_rows(values, heads)
         return values.astype(target)
 
     expected = {gguf_tensor_name(name) for name in expected_hf_names(config)}
@@ -203,19 +213,16 @@ def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
     """
     file = GGUFFile(path)
     config = model_config_from_gguf(file)
-    _, interleaved = ARCHITECTURES[file.architecture]
     packed = {}
     for hf_name, (_, shape) in matrix_names(config).items():
         name = gguf_tensor_name(hf_name)
         tensor = file.tensors.get(name)
         if tensor is None or tensor.tensor_type.name not in GGUF_TYPES:
             continue
-        if file.shape(name) != tuple(shape):
-            raise ConversionError(f"{file.path}: tensor {name!r} ({hf_name}) has shape {file.shape(name)}, expected "
-                                  f"{tuple(shape)} from the file's {file.architecture}.* metadata")
+        file.check_shape(name, hf_name, shape)
         weight = PackedWeight.from_gguf_blocks(tensor.data, tensor.tensor_type.name, file.shape(name))
-        if interleaved and name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = config.num_heads if "attn_q" in name else config.num_kv_heads
+        heads = interleaved_heads(file, config, name)
+        if heads:  # whole rows move: a row's blocks, scales and offsets together
             weight = PackedWeight(*(uninterleave_rows(a, heads) for a in (weight.codes, weight.scale, weight.offset)))
         packed[hf_name] = weight
     return packed

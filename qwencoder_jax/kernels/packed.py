@@ -117,9 +117,6 @@ class PackedWeight:
             return cls(q.reshape(n, k), d, np.zeros_like(d))
         raise ValueError(f"quantize: bits must be 4 or 8, got {bits}")
 
-    def permute_rows(self, order: np.ndarray) -> "PackedWeight":
-        return PackedWeight(self.codes[order], self.scale[order], self.offset[order])
-
 
 def dequantize(weight: PackedWeight) -> jax.Array:
     """The float32 matrix [n, k] (traceable; the same values as GGUF's dequantisation)."""
