@@ -25,6 +25,7 @@ import urllib.request
 from typing import Callable, Sequence
 
 from data_pipelines.document import Document
+from data_pipelines.fasttext_training import train_supervised
 
 LABEL_GOOD, LABEL_OTHER = "__label__good", "__label__other"
 
@@ -46,9 +47,6 @@ def _line(text: str, max_chars: int) -> str:
 
 
 def train_classifier(positives: Sequence[str], negatives: Sequence[str], config: CoarseToFineConfig):
-    import fasttext
-
-    fasttext.FastText.eprint = lambda *args, **kwargs: None
     handle, path = tempfile.mkstemp(suffix=".txt")
     try:
         with os.fdopen(handle, "w") as training:
@@ -56,10 +54,8 @@ def train_classifier(positives: Sequence[str], negatives: Sequence[str], config:
             rows += [f"{LABEL_OTHER} {_line(t, config.max_chars)}" for t in negatives]
             random.Random(config.seed).shuffle(rows)
             training.write("\n".join(rows) + "\n")
-        # thread=1 and a fixed seed: fastText training is deterministic only single-threaded
-        return fasttext.train_supervised(path, epoch=config.epochs, lr=config.learning_rate,
-                                         wordNgrams=config.word_ngrams, dim=config.dimension, thread=1,
-                                         seed=config.seed, verbose=0, minCount=1)
+        return train_supervised(path, epoch=config.epochs, lr=config.learning_rate,
+                                wordNgrams=config.word_ngrams, dim=config.dimension, seed=config.seed)
     finally:
         os.remove(path)
 

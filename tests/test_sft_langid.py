@@ -2,6 +2,8 @@
 snippets of held-out files (never seen in training) above a floor, per language."""
 
 import glob
+import os
+import shutil
 import sysconfig
 
 import pytest
@@ -27,8 +29,54 @@ def trained():
 
 def test_held_out_files_are_never_trained_on(trained):
     data, _ = trained
-    assert data.train_paths and data.held_out_paths and not data.train_paths & data.held_out_paths
-    assert all(code_langid.is_held_out(path, 20) for path in data.held_out_paths)
+    assert data.train_keys and data.held_out_keys and not data.train_keys & data.held_out_keys
+    assert all(code_langid.is_held_out(key, 20) for key in data.held_out_keys)
+    assert not any(code_langid.is_held_out(key, 20) for key in data.train_keys)
+    assert not any(os.path.isabs(key) for key in data.held_out_keys | data.train_keys)
+
+
+def test_the_split_and_the_accuracy_do_not_depend_on_where_the_tree_lives(tmp_path):
+    """The same files under two different prefixes (as in two clones' .venv) give the same split and model."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    go_roots = sorted(glob.glob("/usr/share/go-*/src"))
+    if not go_roots:
+        pytest.skip("no Go sources (golang-src, scripts/apt-packages.txt)")
+    trees = []
+    for prefix in ("a", "b/nested/deeper"):
+        tree = tmp_path / prefix / "src"
+        for package in ("json", "email", "xml", "asyncio"):
+            shutil.copytree(os.path.join(stdlib, package), tree / "py" / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        for package in ("fmt", "strings", "bufio", "sort", "net/http"):
+            shutil.copytree(os.path.join(go_roots[0], package), tree / "go" / package)
+        trees.append(str(tree))
+    config = code_langid.LangIdConfig(files_per_language=40, snippets_per_file=2, min_files=20, epochs=10)
+    first, second = (code_langid.build_dataset(config, [tree], ("Python", "Go")) for tree in trees)
+    assert first.held_out_keys == second.held_out_keys and first.train_keys == second.train_keys
+    assert first.train == second.train and first.held_out == second.held_out
+    accuracies = [code_langid.accuracy_per_language(code_langid.CodeLanguageIdentifier.train(data.train, config),
+                                                    data.held_out)["all"][0] for data in (first, second)]
+    assert min(accuracies) >= FLOOR_ALL and abs(accuracies[0] - accuracies[1]) < 0.03, accuracies
+
+
+def test_a_run_that_stops_with_nan_is_retried_and_a_persistent_nan_is_a_clear_error(monkeypatch):
+    import fasttext
+
+    calls = []
+    real_train = fasttext.train_supervised
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["lr"])
+        if len(calls) < 3 or kwargs["lr"] > 5:
+            raise RuntimeError("Encountered NaN.")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(fasttext, "train_supervised", flaky)
+    examples = [("Python", "def f(x):\n    return x + 1\n"), ("Go", "func f(x int) int {\n\treturn x + 1\n}\n")] * 20
+    identifier = code_langid.CodeLanguageIdentifier.train(examples, code_langid.LangIdConfig(epochs=2))
+    assert len(calls) == 3 and identifier.languages == ["Go", "Python"]
+    with pytest.raises(RuntimeError, match="diverged .NaN. in 10 attempts at learning rate 9.0"):
+        code_langid.CodeLanguageIdentifier.train(examples, code_langid.LangIdConfig(epochs=2, learning_rate=9.0))
 
 
 def test_accuracy_on_held_out_files_is_above_the_floor_per_language(trained):

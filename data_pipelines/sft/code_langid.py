@@ -4,8 +4,9 @@ The report fine-tunes a CodeBERT on ~100 languages; we train a fastText classifi
 a whole corpus on CPUs, on real code found on this machine and labelled by file extension
 (data_pipelines/languages.py): the Python standard library and site-packages, Debian's Go, Rust and Java source
 trees (golang-src, rust-src, openjdk-17-source's src.zip), Ruby and Perl libraries, node_modules, C/C++ headers,
-CMake modules, documentation. Files are split into train and held-out by a hash of their path, so a held-out
-file is never seen in training, and accuracy is measured per language on snippets of held-out files.
+CMake modules, documentation. Files are split into train and held-out by a hash of their path relative to the
+tree they were found in (so the split is the same wherever that tree lives: a clone's own .venv, another prefix), a
+held-out file is never seen in training, and accuracy is measured per language on snippets of held-out files.
 
 Text is tokenised into identifier runs and punctuation runs ("def", "(", "):", "=>", "#include"), because which
 punctuation a language uses says as much as its keywords; character n-grams of words add robustness for short
@@ -27,6 +28,7 @@ import tempfile
 import zipfile
 from typing import Iterator, Sequence
 
+from data_pipelines.fasttext_training import train_supervised
 from data_pipelines.languages import language_for_path
 
 NO_LANGUAGE = "No Programming Language"
@@ -62,6 +64,7 @@ def _open_zip(path: str) -> zipfile.ZipFile:
 class CodeFile:
     path: str  # a file path, or "ARCHIVE.zip!member"
     language: str
+    key: str = ""  # the path relative to the root it was found under: what the train/held-out split hashes
 
     def read(self, max_bytes: int) -> str | None:
         try:
@@ -83,33 +86,35 @@ def list_code_files(roots: Sequence[str], languages: Sequence[str] | None = None
     wanted = set(languages) if languages else None
     found: dict[str, list[CodeFile]] = {}
 
-    def add(path: str, name: str) -> None:
+    def add(path: str, name: str, key: str) -> None:
         language = language_for_path(name)
         if language and language not in _NOT_SOURCE and (wanted is None or language in wanted):
-            found.setdefault(language, []).append(CodeFile(path, language))
+            found.setdefault(language, []).append(CodeFile(path, language, key))
 
     for root in roots:
         if root.endswith(".zip") and os.path.isfile(root):
             with zipfile.ZipFile(root) as archive:
                 for member in archive.namelist():
-                    add(f"{root}!{member}", member)
+                    add(f"{root}!{member}", member, member)
             continue
         # followlinks: Debian's rust-src links /usr/lib/rustlib/src/rust to /usr/src/rustc-VERSION
         for directory, directories, files in os.walk(root, followlinks=True):
             directories[:] = [d for d in directories if d not in _SKIP_DIRS]
             for name in files:
-                add(os.path.join(directory, name), name)
+                path = os.path.join(directory, name)
+                add(path, name, os.path.relpath(path, root))
     unique = {}
     for language, files in found.items():
         by_real = {}
         for file in files:
             by_real.setdefault(os.path.realpath(file.path) if "!" not in file.path else file.path, file)
-        unique[language] = sorted(by_real.values(), key=lambda f: f.path)
+        unique[language] = sorted(by_real.values(), key=lambda f: (f.key, f.path))
     return unique
 
 
-def is_held_out(path: str, held_out_percent: int) -> bool:
-    return int(hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % 100 < held_out_percent
+def is_held_out(key: str, held_out_percent: int) -> bool:
+    """Whether a file (by its path relative to its root, CodeFile.key) belongs to the held-out split."""
+    return int(hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % 100 < held_out_percent
 
 
 def tokens(text: str) -> list[str]:
@@ -152,8 +157,8 @@ class LabelledSnippets:
     train: list[tuple[str, str]]  # (language, text)
     held_out: list[tuple[str, str]]
     files: dict[str, tuple[int, int]]  # language -> (train files, held-out files)
-    train_paths: frozenset[str] = frozenset()
-    held_out_paths: frozenset[str] = frozenset()
+    train_keys: frozenset[str] = frozenset()  # CodeFile.key of the files used, per split
+    held_out_keys: frozenset[str] = frozenset()
 
 
 def build_dataset(config: LangIdConfig, roots: Sequence[str] | None = None,
@@ -161,13 +166,13 @@ def build_dataset(config: LangIdConfig, roots: Sequence[str] | None = None,
     listing = list_code_files(roots if roots is not None else default_roots(), languages)
     rng = random.Random(config.seed)
     train, held_out, files = [], [], {}
-    used_paths = {False: set(), True: set()}
+    used_keys = {False: set(), True: set()}
     for language in sorted(listing):
         if len(listing[language]) < config.min_files:
             continue
         split = {True: [], False: []}
         for file in listing[language]:
-            split[is_held_out(file.path, config.held_out_percent)].append(file)
+            split[is_held_out(file.key, config.held_out_percent)].append(file)
         counts = []
         for held, target in ((False, train), (True, held_out)):
             chosen = split[held][:]
@@ -182,7 +187,7 @@ def build_dataset(config: LangIdConfig, roots: Sequence[str] | None = None,
                 pieces = list(snippets(text, config.lines_per_snippet, config.snippets_per_file))
                 if pieces:
                     target.extend((language, piece) for piece in pieces)
-                    used_paths[held].add(file.path)
+                    used_keys[held].add(file.key)
                     used += 1
             counts.append(used)
         if counts[1]:
@@ -191,7 +196,7 @@ def build_dataset(config: LangIdConfig, roots: Sequence[str] | None = None,
         raise ValueError(f"no language has {config.min_files} source files under {roots or default_roots()}; "
                          f"install source packages (scripts/apt-packages.txt) or pass other roots")
     return LabelledSnippets(train, [(lang, text) for lang, text in held_out if lang in files], files,
-                            frozenset(used_paths[False]), frozenset(used_paths[True]))
+                            frozenset(used_keys[False]), frozenset(used_keys[True]))
 
 
 def _label(language: str) -> str:
@@ -209,9 +214,6 @@ class CodeLanguageIdentifier:
 
     @classmethod
     def train(cls, examples: Sequence[tuple[str, str]], config: LangIdConfig = LangIdConfig()):
-        import fasttext
-
-        fasttext.FastText.eprint = lambda *args, **kwargs: None
         rows = [f"{_label(language)} {_line(text)}" for language, text in examples]
         random.Random(config.seed).shuffle(rows)
         handle, path = tempfile.mkstemp(suffix=".txt")
@@ -219,11 +221,9 @@ class CodeLanguageIdentifier:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write("\n".join(rows) + "\n")
             minn, maxn = config.char_ngrams
-            # thread=1 and a fixed seed: fastText trains deterministically only single-threaded
-            model = fasttext.train_supervised(path, epoch=config.epochs, lr=config.learning_rate,
-                                              dim=config.dimension, wordNgrams=config.word_ngrams, minn=minn,
-                                              maxn=maxn, bucket=config.buckets, thread=1, seed=config.seed,
-                                              verbose=0, minCount=1)
+            model = train_supervised(path, epoch=config.epochs, lr=config.learning_rate, dim=config.dimension,
+                                     wordNgrams=config.word_ngrams, minn=minn, maxn=maxn, bucket=config.buckets,
+                                     seed=config.seed)
         finally:
             os.remove(path)
         return cls(model, config)
