@@ -47,6 +47,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--compute_dtype", default=None, choices=["float32", "bfloat16"])
     parser.add_argument("--remat_policy", default=None)
+    parser.add_argument("--attention_backend", default=None, choices=["xla", "splash", "cudnn"])
+    parser.add_argument("--peak_dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="dtype of the matmul whose measured peak is MFU's denominator (bfloat16 on GPU/TPU)")
+    parser.add_argument("--peak_size", type=int, default=2048, help="side of that square matmul (8192 on GPU)")
     parser.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocabulary size")
     parser.add_argument("--scan_layers", default=None, choices=["true", "false"],
                         help="layers under nn.scan (the preset's default) or one module per layer")
@@ -58,13 +62,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in (("compute_dtype", args.compute_dtype), ("remat_policy", args.remat_policy),
-                                   ("vocab_size", args.vocab_size)) if v}
+                                   ("vocab_size", args.vocab_size), ("attention_backend", args.attention_backend))
+                 if v}
     if args.scan_layers is not None:
         overrides["scan_layers"] = args.scan_layers == "true"
     config = get_preset(args.preset, **overrides)
     print(f"device {common.describe_device()}, jax {jax.__version__}, allocator {allocator.active()}")
-    peak = common.matmul_peak_flops()
-    print(f"reference: float32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048^3, best of 8, this run)", flush=True)
+    peak = common.matmul_peak_flops(args.peak_size, jnp.dtype(args.peak_dtype))
+    print(f"reference: {args.peak_dtype} matmul peak {peak / 1e9:.1f} GFLOP/s ({args.peak_size}^3, best of 8, "
+          f"this run)", flush=True)
 
     model = Transformer(config)
     optimizer = make_optimizer(OptimizerConfig(peak_learning_rate=3e-4, warmup_steps=10, total_steps=1000))
@@ -92,6 +98,7 @@ def main(argv=None) -> dict:
     mfu = config.flops_per_token(args.sequence, training=True) * tokens_per_second / peak
     print(f"{args.preset}: batch {args.batch} x sequence {args.sequence}, {config.num_params() / 1e6:.1f}M params, "
           f"compute {config.compute_dtype}, params {config.param_dtype}, remat {config.remat_policy}, "
+          f"attention {config.attention_backend}, "
           f"scan_layers {config.scan_layers}, {loss_config}, "
           f"median step {step_seconds * 1e3:.1f} ms over {args.steps} steps, final loss {float(metrics['loss']):.3f}")
     print(f"tokens_per_second={tokens_per_second:.1f} mfu={mfu:.4f}", flush=True)
