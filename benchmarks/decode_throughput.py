@@ -10,12 +10,12 @@ Greedy, from the same prompt repeated `batch` times, for exactly `new_tokens` ne
 ours with no end token able to stop the loop. A measurement is one whole call (prefill + all new tokens), after
 a warm-up call of the same shape (so compilation and first-call costs are excluded); the best of `repeats`.
 Variants of ours (--layouts): `packed` (one module per layer, the decode steps multiplying by the GGUF's own
-Q4_1 / Q8_0 blocks, kept packed: qwencoder_jax/kernels/packed; what `Generator` decodes a GGUF conversion with,
+Q4_1 / Q8_0 blocks, kept packed: qwencoder_jax/cpu_decode/packed; what `Generator` decodes a GGUF conversion with,
 printed as `ours`), `unrolled` (the same from the float32 params, the few-row kernel
-qwencoder_jax/kernels/few_rows doing the matmuls, printed as `ours_float32`), `xla_dots` (float32 params, XLA's
+qwencoder_jax/cpu_decode/few_rows doing the matmuls, printed as `ours_float32`), `xla_dots` (float32 params, XLA's
 dots, printed as `ours_xla_dots`) and `scan` (layers under nn.scan, the training layout, printed as `ours_scan`).
 The packed weights are the very values transformers runs (it dequantises the GGUF to float32 on load; the
-values agree bit for bit, tests/test_packed_weights.py), in a quarter to an eighth of the bytes.
+values agree bit for bit, tests/cpu_decode/test_packed_weights.py), in a quarter to an eighth of the bytes.
 Prints per batch: `batch B: ours=<tokens/s> transformers=<tokens/s> ratio=<ours/transformers>`.
 
 The memory ceiling of float32 weights, measured in the same run: a decode step must read every weight once (4
@@ -115,7 +115,7 @@ def main(argv=None) -> list[dict]:
     import transformers
 
     gguf_path = assets.smollm2_gguf()
-    from qwencoder_jax.kernels import few_rows
+    from qwencoder_jax.cpu_decode import few_rows
 
     print(f"device {common.describe_device()}, jax {jax.__version__}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, few-row kernel "

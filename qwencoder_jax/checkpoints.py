@@ -3,7 +3,7 @@
     CKPT_DIR/params/          orbax PyTree checkpoint of the parameter tree (scanned-layer layout)
     CKPT_DIR/model_config/    the ModelConfig as JSON (orbax JsonSave)
     CKPT_DIR/packed_weights/  optional: block-quantised projections kept as the source stored them (a GGUF's
-                              Q4_0/Q4_1/Q8_0 tensors), which decoding multiplies by (qwencoder_jax.kernels.packed)
+                              Q4_0/Q4_1/Q8_0 tensors), which decoding multiplies by (qwencoder_jax.cpu_decode.packed)
 
 Converted checkpoints are written in this form, and every training checkpoint step directory holds the same two
 items beside the optimizer and data-iterator state, so `load` takes either. Parameters keep the dtype they were
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from qwencoder_jax.kernels.packed import PackedWeight
+from qwencoder_jax.cpu_decode.packed import PackedWeight
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 

@@ -20,7 +20,7 @@ rates); a dropped (bad) record leaves its slot empty, so bad input lowers its so
 Determinism: the stream is a function of (sources, rates, seed, process_index/count, num_workers, packing
 config); change any and the stream changes. Resume: `iterator.get_state()` is a small dict; save it with the model
 through orbax (`checkpoint_args` / `save_state`), restore it into an iterator built with the same config, and the
-next batches are the ones an uninterrupted run would have seen (tests/test_loader.py checks this across processes).
+next batches are the ones an uninterrupted run would have seen (tests/data/test_loader.py checks this across processes).
 
 Worker processes: grain's multiprocessing reads absl flags, which plain scripts never parse (grain issue 1355);
 `make_iterator` marks them parsed. Scripts that use num_workers > 0 need an `if __name__ == "__main__":` guard.

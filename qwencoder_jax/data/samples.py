@@ -205,7 +205,7 @@ def _last_safe(text: str, start: int, end: int) -> int | None:
 class _PieceIds:
     """Stands in for the vocabulary in fim.fim_ids: the ids of the prefix/middle/suffix of one window, taken from
     the document's single tokenisation between safe restart points and tokenised afresh only near the cuts.
-    Equal to tokenising each piece on its own (tests/test_data_tasks.py checks it against fim.fim_ids)."""
+    Equal to tokenising each piece on its own (tests/data/test_data_tasks.py checks it against fim.fim_ids)."""
 
     def __init__(self, text, window_start, pieces, ids_all, starts, vocabulary):
         self.special_ids = vocabulary.special_ids

@@ -21,7 +21,7 @@ Mixture rates are in DOCUMENTS (examples drawn from each task), as in seqio and 
 which is the same as long as documents fit the training row (a longer file becomes several windows: samples.py).
 For token proportions, convert with `document_rates_for_token_rates` using each task's mean tokens per record
 (`mean_record_tokens`), since documents of different sources differ in length by large factors
-(tests/test_data_tasks.py checks both: document shares within 1% of 70:20:10, and token shares within 1% after
+(tests/data/test_data_tasks.py checks both: document shares within 1% of 70:20:10, and token shares within 1% after
 conversion). The report's mixtures (`register_recipe_mixtures`) are token proportions by default: the report's
 code:text:math 7:2:1 is a share of training tokens.
 """

@@ -13,7 +13,7 @@ Tokenizers: a checkpoint directory may hold a `tokenizer.json` (the GGUF convert
 GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size gets the Qwen2.5 tokenizer.
 
 Weights: a GGUF conversion keeps the file's Q4_0/Q4_1/Q8_0 projections packed beside the float params, and decode
-steps multiply by those (qwencoder_jax.model.packed_weights): the same values, a quarter to an eighth of the bytes
+steps multiply by those (qwencoder_jax.cpu_decode.packed_weights): the same values, a quarter to an eighth of the bytes
 to read per token. `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
 """
 
@@ -31,7 +31,8 @@ import numpy as np
 import tokenizers
 
 from qwencoder_jax import assets, sharding
-from qwencoder_jax.model import kv_cache, packed_weights
+from qwencoder_jax.cpu_decode import packed_weights
+from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.config import QWEN_VOCAB_SIZE, ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 
@@ -134,7 +135,7 @@ class Generator:
                  packed: dict[str, Any] | None = None):
         """packed: block-quantised weights by Hugging Face name (a GGUF conversion's, `checkpoints.load_packed`):
         decode steps multiply by them instead of the float params, reading 4.5-8.5 bits per weight instead of 32
-        (same values, qwencoder_jax.kernels.packed). Unsharded decoding only: on a mesh they are not used."""
+        (same values, qwencoder_jax.cpu_decode.packed). Unsharded decoding only: on a mesh they are not used."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         config = model.config

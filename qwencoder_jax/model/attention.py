@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
+from qwencoder_jax.cpu_decode import few_rows
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of, with_logical_axes
 

@@ -24,8 +24,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
-from qwencoder_jax.model import packed_weights
+from qwencoder_jax.cpu_decode import few_rows
+from qwencoder_jax.cpu_decode import packed_weights
 from qwencoder_jax.model.layers import dtype_of
 from qwencoder_jax.model.transformer import Transformer, output_projection
 
@@ -101,11 +101,11 @@ def make_decoder(model: Transformer, cache_length: int, eos_ids: tuple[int, ...]
     """A jitted `(params, prompt_ids_bp, prompt_lengths_b, active_b, sample_ids_b, max_new_tokens, seed,
     temperature, top_k, top_p, packed=None) -> (tokens_bn [b, cache_length - P] int32, steps [])`; prompts
     left-padded (any pad id), lengths >= 1, max_new_tokens <= cache_length - P. `packed`: block-quantised
-    weights by Hugging Face name (`qwencoder_jax.model.packed_weights`), which the decode steps multiply by
+    weights by Hugging Face name (`qwencoder_jax.cpu_decode.packed_weights`), which the decode steps multiply by
     instead of the float params (the prefill uses the float params). One compilation per (batch, P) shape; cached per
     (model, cache_length, eos_ids, few_rows_kernel), so generators of equal models share compilations.
 
-    few_rows_kernel: decode steps compute their float32 matmuls with `qwencoder_jax.kernels.few_rows` on CPU
+    few_rows_kernel: decode steps compute their float32 matmuls with `qwencoder_jax.cpu_decode.few_rows` on CPU
     (elsewhere, or where it does not apply, they are XLA's dots). It has no sharding rule: pass False when the
     parameters or the batch are sharded over several devices."""
     if not eos_ids:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
+from qwencoder_jax.cpu_decode import few_rows
 from qwencoder_jax.model.config import ModelConfig, YarnScaling, yarn_attention_factor
 
 # The standard deviation of the published Qwen2 initialiser (`initializer_range`).

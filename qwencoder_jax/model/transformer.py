@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
+from qwencoder_jax.cpu_decode import few_rows
 from qwencoder_jax.model.attention import Attention
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import MLP, RMSNorm, dense_init, dtype_of, rope_cos_sin
