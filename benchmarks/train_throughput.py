@@ -10,7 +10,7 @@ MFU = ModelConfig.flops_per_token x tokens/s / the float32 matmul peak measured 
 The step is train/step.py's jitted train_step with the state donated, on a one-device mesh; timing blocks on the
 returned loss each step. Ends with the line `tokens_per_second=<float> mfu=<float>`.
 
-Head + loss: by default the token-chunked fused head + cross-entropy (train/loss_token_chunks.py: the gradient
+Head + loss: by default the token-chunked fused head + cross-entropy (train/loss.py: the gradient
 formed in the forward pass, three head matmuls; exact to float32 rounding) with its matmul in float32: on this
 CPU the 32k-vocabulary head is most of the step, XLA's CPU bfloat16 dots run at about half the float32 rate, and
 materialised logits make several trips through memory. `--head vocab` measures the vocabulary-chunked form

@@ -63,7 +63,7 @@ optimizer_config = gin.configurable("optimizer_config", allowlist=list(Optimizer
 @gin.configurable
 def loss_config(vocab_chunk_size: int = 0, token_chunk_size: int = 0, head_dtype: str | None = None) -> LossConfig:
     """The head + loss execution (train/loss.py): vocab_chunk_size > 0 fuses them over vocabulary chunks,
-    token_chunk_size > 0 over token chunks (loss_token_chunks.py); head_dtype="float32" computes the fused head's
+    token_chunk_size > 0 over token chunks (train/loss.py); head_dtype="float32" computes the fused head's
     matmuls in float32 (faster than bfloat16 on CPU)."""
     return LossConfig(vocab_chunk_size=vocab_chunk_size, token_chunk_size=token_chunk_size, head_dtype=head_dtype)
 

@@ -25,8 +25,8 @@ import optax
 
 from qwencoder_jax import sharding
 from qwencoder_jax.model.transformer import output_projection
-from qwencoder_jax.train.loss import LossConfig, cross_entropy, fused_head_cross_entropy
-from qwencoder_jax.train.loss_token_chunks import token_chunked_head_cross_entropy
+from qwencoder_jax.train.loss import (LossConfig, cross_entropy, fused_head_cross_entropy,
+                                      token_chunked_head_cross_entropy)
 
 BATCH_KEYS = ("input_ids", "targets", "segment_ids", "positions", "loss_weights", "source_ids")
 

@@ -8,8 +8,8 @@ import pytest
 
 from qwencoder_jax.model import Transformer, get_preset
 from qwencoder_jax.train import step as step_lib
-from qwencoder_jax.train.loss import LossConfig, chunk_layout, cross_entropy, fused_head_cross_entropy
-from qwencoder_jax.train.loss_token_chunks import token_chunked_head_cross_entropy
+from qwencoder_jax.train.loss import (LossConfig, chunk_layout, cross_entropy, fused_head_cross_entropy,
+                                      token_chunked_head_cross_entropy)
 
 
 def _inputs(vocab, batch=2, length=24, hidden=32, seed=0):
