@@ -212,25 +212,12 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def constrain(x, logical_spec: Sequence[str | None]):
-    """Pin an activation's layout by logical names (a no-op unless a mesh and rules are active)."""
-    return nn.with_logical_constraint(x, tuple(logical_spec))
-
-
 @contextlib.contextmanager
 def activate(mesh, rules=LOGICAL_AXIS_RULES) -> Iterator[None]:
     """Make `mesh` the ambient mesh and `rules` the logical-axis rules: the model's constraints then bind and the
     attention backends see the mesh (jax.sharding.get_abstract_mesh)."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
-
-
-def active_mesh():
-    """The ambient (abstract) mesh if one with our axes is active and spans more than one device, else None."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or mesh.size <= 1:
-        return None
-    return mesh
 
 
 def per_device_bytes(tree: Any) -> int:

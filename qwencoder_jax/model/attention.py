@@ -105,12 +105,6 @@ def _mesh_size(mesh, axes) -> int:
     return math.prod(mesh.shape[name] for name in ((axes,) if isinstance(axes, str) else axes))
 
 
-# How queries are laid out over the sequence shards under context parallelism: "zigzag" (balanced causal work,
-# two ppermutes of q in and of the output back per layer) or "contiguous" (no exchange, unbalanced).
-CONTEXT_PARALLEL_LAYOUTS = ("zigzag", "contiguous")
-context_parallel_layout = "zigzag"
-
-
 def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe, k_bske, v_bske, segment_ids_bt):
     """Splash attention with the sequence sharded: each device keeps its L = t / S queries, all-gathers keys,
     values and their segment ids over the sequence axes (S x the K/V bytes per layer, as MaxText's all-gather
@@ -120,8 +114,9 @@ def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe,
 
     Load balance: with contiguous shards, under the causal mask device i (of S) computes (2i + 1) / S times the
     mean share of score blocks (the last about twice the mean, the first 1 / S of it), and the step waits for the
-    last. So by default (`context_parallel_layout = "zigzag"`) each device first trades query halves with others
-    (two ppermutes) so that it attends halves i and 2S-1-i of the sequence, one early and one late: equal work.
+    last. So by default (`ModelConfig.context_parallel_layout = "zigzag"`) each device first trades query halves
+    with others (two ppermutes) so that it attends halves i and 2S-1-i of the sequence, one early and one late:
+    equal work.
     The kernel's mask is the causal mask in that row order (`splash.ZigZagCausalMask`); keys stay in natural
     order, and the outputs travel back the same way. The activations elsewhere keep their natural layout.
     """
@@ -135,12 +130,9 @@ def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe,
                          f"mesh axes {length_axes} (size {shards}); change the sequence length or the mesh")
     local_heads = h // _mesh_size(mesh, q_spec[2])
     block = splash.context_parallel_block_size(t // shards, config.splash_block_size)
-    if context_parallel_layout not in CONTEXT_PARALLEL_LAYOUTS:
-        raise ValueError(f"context_parallel_layout {context_parallel_layout!r} is not one of "
-                         f"{CONTEXT_PARALLEL_LAYOUTS}")
     axis_names = (length_axes,) if isinstance(length_axes, str) else tuple(length_axes)
     # the half exchange addresses devices along one mesh axis; a sequence over several axes stays contiguous
-    zigzag = context_parallel_layout == "zigzag" and len(axis_names) == 1
+    zigzag = config.context_parallel_layout == "zigzag" and len(axis_names) == 1
     kernel = splash.context_parallel_kernel(local_heads, t, block, shards, jax.default_backend() != "tpu",
                                             zigzag=zigzag)
     # the mask metadata's axes are [heads (identical masks: one entry), query blocks]; split the second

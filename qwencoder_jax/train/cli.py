@@ -33,11 +33,11 @@ GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
 @gin.configurable
 def model_config(preset: str = gin.REQUIRED, rope_theta: float | None = None, compute_dtype: str | None = None,
                  remat_policy: str | None = None, attention_backend: str | None = None,
-                 overrides: dict | None = None) -> ModelConfig:
+                 context_parallel_layout: str | None = None, overrides: dict | None = None) -> ModelConfig:
     """A preset by name; the stage sets rope_theta, the machine the execution fields, `overrides` anything else
     (e.g. {"vocab_size": 151936} for the tiny preset on real data)."""
     named = {"rope_theta": rope_theta, "compute_dtype": compute_dtype, "remat_policy": remat_policy,
-             "attention_backend": attention_backend}
+             "attention_backend": attention_backend, "context_parallel_layout": context_parallel_layout}
     return get_preset(preset, **{k: v for k, v in named.items() if v is not None}, **dict(overrides or {}))
 
 

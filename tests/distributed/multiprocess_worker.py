@@ -22,6 +22,7 @@ from qwencoder_jax import checkpoints, distributed, sharding
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 from qwencoder_jax.train import step as train_step_lib
+from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 CONFIG = ModelConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8,
                      intermediate_size=128, tie_embeddings=False, rope_theta=10_000.0)
@@ -40,7 +41,7 @@ def main() -> int:
     distributed.initialize()
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=-1))
     model = Transformer(CONFIG)
-    optimizer = train_step_lib.adamw(learning_rate=1e-2)
+    optimizer = make_optimizer(OptimizerConfig(peak_learning_rate=1e-2, schedule="constant"))
     state, shardings = train_step_lib.init_train_state(model, optimizer, mesh, jax.random.key(0))
     step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings)
 

@@ -14,9 +14,10 @@ import pytest
 
 from qwencoder_jax import sharding
 from qwencoder_jax.model import attention
-from qwencoder_jax.model.config import ModelConfig
+from qwencoder_jax.model.config import CONTEXT_PARALLEL_LAYOUTS, ModelConfig
 from qwencoder_jax.model.transformer import Transformer, init_params
 from qwencoder_jax.train import step as train_step_lib
+from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 # hidden 64, 2 layers, 8 query / 4 key-value heads: every head count divides a tensor axis of 4.
 CONFIG = ModelConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8,
@@ -91,7 +92,8 @@ def test_sharded_loss_and_gradients_match_one_device(backend, shape):
 
 
 def test_splash_runs_under_shard_map_when_a_mesh_is_active():
-    model = Transformer(CONFIG.replace(attention_backend="splash"))
+    model = Transformer(CONFIG.replace(attention_backend="splash",
+                                                                                  context_parallel_layout=layout))
     params, batch = params_and_batch()
     mesh = mesh_of(1, 2, 4)
     with sharding.activate(mesh):
@@ -101,7 +103,7 @@ def test_splash_runs_under_shard_map_when_a_mesh_is_active():
 
 def test_fsdp_divides_parameter_and_optimizer_memory():
     model = Transformer(CONFIG)
-    optimizer = train_step_lib.adamw()
+    optimizer = make_optimizer(OptimizerConfig(schedule="constant"))
     one_device = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1, 1), sharding.MESH_AXES)
     full_state, _ = train_step_lib.init_train_state(model, optimizer, one_device, jax.random.key(0))
     fsdp_state, _ = train_step_lib.init_train_state(model, optimizer, mesh_of(1, 8, 1), jax.random.key(0))
@@ -114,7 +116,7 @@ def test_fsdp_divides_parameter_and_optimizer_memory():
 
 def test_train_step_is_the_same_on_every_mesh(capfd):
     model = Transformer(CONFIG)
-    optimizer = train_step_lib.adamw(learning_rate=1e-2)
+    optimizer = make_optimizer(OptimizerConfig(peak_learning_rate=1e-2, schedule="constant"))
     params, batch = params_and_batch()
     batch = {"input_ids": batch["input_ids"], "targets": batch["targets"]}
     losses = {}
@@ -217,10 +219,9 @@ def test_context_parallel_splash_matches_one_device(shape, length, batch_size, d
     assert relative_error(grads, reference_grads) <= 1e-5
 
 
-@pytest.mark.parametrize("layout", attention.CONTEXT_PARALLEL_LAYOUTS)
-def test_context_parallel_attention_layouts_match_the_reference(layout, monkeypatch):
+@pytest.mark.parametrize("layout", CONTEXT_PARALLEL_LAYOUTS)
+def test_context_parallel_attention_layouts_match_the_reference(layout):
     """The attention op alone over 4 sequence shards (a non-trivial zig-zag exchange), value and gradients."""
-    monkeypatch.setattr(attention, "context_parallel_layout", layout)
     length, batch_size = 512, 2
     q_key, k_key, v_key = jax.random.split(jax.random.key(3), 3)
     q_bthe = jax.random.normal(q_key, (batch_size, length, 8, 8))
@@ -232,7 +233,8 @@ def test_context_parallel_attention_layouts_match_the_reference(layout, monkeypa
         return jnp.sum(out_bthe * jnp.cos(out_bthe))  # a non-linear read-out, so every output gets its own cotangent
 
     reference = jax.value_and_grad(functools.partial(objective, attention.xla_attention), argnums=(0, 1, 2))
-    splash_attend = functools.partial(attention.sharded_splash_attention, CONFIG.replace(attention_backend="splash"))
+    config = CONFIG.replace(attention_backend="splash", context_parallel_layout=layout)
+    splash_attend = functools.partial(attention.sharded_splash_attention, config)
     sharded = jax.jit(jax.value_and_grad(functools.partial(objective, splash_attend), argnums=(0, 1, 2)))
     expected_value, expected_grads = reference(q_bthe, k_bske, v_bske)
     mesh = mesh_of(1, 2, 1, sequence=4)
