@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from qwencoder_jax import checkpoints
-from qwencoder_jax.convert.common import (ConversionError, check_output_dir, expected_hf_names, matrix_names,
-                                          params_from_hf)
+from qwencoder_jax.convert.common import ConversionError, check_output_dir, params_from_hf
 from qwencoder_jax.cpu_decode.packed import GGUF_TYPES, PackedWeight
 from qwencoder_jax.model.config import DTYPES, ModelConfig, YarnScaling
+from qwencoder_jax.model.hf_names import expected_hf_names, matrix_names
 
 # GGUF architecture -> (q/k/v carry a bias, Q/K rows were interleaved by llama.cpp's converter)
 ARCHITECTURES = {"llama": (False, True), "qwen2": (True, False)}

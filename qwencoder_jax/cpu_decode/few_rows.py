@@ -1,28 +1,17 @@
-"""Matmuls of a few rows on CPU: the weight-streaming kernel a decode step uses (few_rows_matmul.cc).
+"""Matmuls of a few rows on CPU: the weight-streaming kernel of a decode step (few_rows_matmul.cc).
 
-    with few_rows.enabled():          # trace-time switch, set by the KV-cache decoder around a decode step
-        y = few_rows.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+    y = few_rows.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))   # lax.dot_general's signature
 
-`dot_general` has `jax.lax.dot_general`'s signature; the model's projections (flax DenseGeneral's
-`dot_general`) and output heads call it. It routes to the kernel only when all of these hold, else it is
-`lax.dot_general` itself: the switch is on; the computation lowers for CPU (`lax.platform_dependent`, so the same
-code runs on TPU/GPU unchanged); x and w are float32 with no batch dimensions; the product of x's free dimensions
-is at most MAX_ROWS; w's contracted dimensions lead (row-major [k, n]) or trail ([n, k], a tied embedding table
-used as the head); and the kernel library could be built. The kernel has no gradient and no sharding rule, so the
-decoder turns the switch on only for unsharded decoding (never under a mesh, never under jax.grad).
-
-Why a kernel: a decode step reads every weight once and XLA's CPU dot, with 8 rows, streams a weight at about
-half the machine's read bandwidth (benchmarks/decode_throughput.py measures both sides). The library is compiled
-on first use with the system C++ compiler (g++, scripts/apt-packages.txt) against jaxlib's XLA FFI headers, for
-this machine's instruction set, into a cache directory keyed by source, jaxlib version and CPU flags
-($QWENCODER_KERNEL_CACHE, default ~/.cache/qwencoder_jax/kernels). If it cannot be built, decoding falls back to
-XLA's dot after one warning that says why; QWENCODER_FEW_ROWS=0 turns the kernel off.
-The same library holds the packed-weight matmul of qwencoder_jax.cpu_decode.packed (HANDLERS).
+It routes to the kernel only where it applies (CPU lowering via `lax.platform_dependent`, float32, no batch
+dimensions, at most MAX_ROWS free rows of x, w's contracted dimensions leading or trailing, library built), else it
+is `lax.dot_general`. Only the decode-step interceptor (packed_weights.use) calls it: the kernel has no gradient
+and no sharding rule. The library is compiled on first use with g++ against jaxlib's FFI headers into
+$XDG_CACHE_HOME/qwencoder_jax/kernels; if that fails, decoding falls back to XLA's dot after one warning.
+Why a kernel, with figures: docs/CPU_DECODING.md. The same library holds packed.py's block-quantised matmul.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -31,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 
@@ -46,26 +34,6 @@ SYMBOL = "QwencoderFewRowsMatmul"
 HANDLERS = {TARGET: SYMBOL, "qwencoder_packed_matmul": "QwencoderPackedMatmul"}
 MAX_ROWS = 16  # beyond this XLA's own dot is as good (rows reuse each loaded weight enough)
 
-_state = threading.local()
-
-
-@contextlib.contextmanager
-def enabled(on: bool = True):
-    """Within this block (at trace time), `dot_general` may route few-row float32 matmuls to the kernel.
-
-    Enter it inside the function being traced (as the decoder does): the switch is read while tracing and is not
-    part of jit's cache key, so a function traced once with it off keeps XLA's dots."""
-    previous = getattr(_state, "on", False)
-    _state.on = bool(on) and os.environ.get("QWENCODER_FEW_ROWS", "1") != "0"
-    try:
-        yield
-    finally:
-        _state.on = previous
-
-
-def is_enabled() -> bool:
-    return getattr(_state, "on", False)
-
 
 def _cpu_flags() -> str:
     try:
@@ -78,8 +46,7 @@ def _cpu_flags() -> str:
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwencoder_jax" / "kernels"
-    return Path(os.environ.get("QWENCODER_KERNEL_CACHE", default))
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwencoder_jax" / "kernels"
 
 
 def library_path() -> Path:
@@ -153,7 +120,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kwargs)
 
-    transposed_w = _kernel_layout(lhs, rhs, dimension_numbers) if is_enabled() else None
+    transposed_w = _kernel_layout(lhs, rhs, dimension_numbers)
     if (transposed_w is None or preferred_element_type not in (None, jnp.float32)
             or jax.default_backend() != "cpu" or not available()):  # no compiler run on TPU/GPU hosts
         return xla(lhs, rhs)

@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.cpu_decode import few_rows
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of, with_logical_axes
 
@@ -219,8 +218,7 @@ class Attention(nn.Module):
             return nn.DenseGeneral(
                 (heads, cfg.head_dim), use_bias=cfg.attention_bias, dtype=compute, param_dtype=param,
                 kernel_init=with_logical_axes(dense_init(), ("embed", heads_axis, "head_dim")),
-                bias_init=with_logical_axes(nn.initializers.zeros, (heads_axis, "head_dim")),
-                dot_general=few_rows.dot_general, name=name)
+                bias_init=with_logical_axes(nn.initializers.zeros, (heads_axis, "head_dim")), name=name)
 
         q_bthe = projection("q_proj", cfg.num_heads, "q_heads")(x_btd)
         k_bske = projection("k_proj", cfg.num_kv_heads, "kv_heads")(x_btd)
@@ -238,8 +236,7 @@ class Attention(nn.Module):
 
         return nn.DenseGeneral(
             cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=compute, param_dtype=param,
-            kernel_init=with_logical_axes(dense_init(), ("q_heads", "head_dim", "embed")),
-            dot_general=few_rows.dot_general, name="o_proj")(out_bthe)
+            kernel_init=with_logical_axes(dense_init(), ("q_heads", "head_dim", "embed")), name="o_proj")(out_bthe)
 
     def _with_cache(self, q_bthe, k_bske, v_bske, segment_ids_bt):
         if self.decode not in ("prefill", "step"):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qwencoder_jax.cpu_decode import few_rows
+from qwencoder_jax.cpu_decode import few_rows, packed, packed_weights
 from qwencoder_jax.model import ModelConfig, Transformer, init_params, kv_cache
 
 pytestmark = pytest.mark.skipif(not few_rows.available(), reason="the kernel could not be built here")
@@ -38,14 +38,9 @@ def test_kernel_equals_numpy(m, k, n, transposed_w):
     np.testing.assert_allclose(y, reference(x, w, transposed_w), rtol=2e-5, atol=2e-5 * np.sqrt(k))
 
 
-def kernel_calls(fn, *args, on: bool = True) -> int:
-    """Kernel calls in the lowering of fn, traced with the switch on (inside the traced function, as the decoder
-    sets it: the switch is read at trace time and is not part of jit's cache key)."""
-    def traced(*args):
-        with few_rows.enabled(on):
-            return fn(*args)
-
-    return jax.jit(traced).lower(*args).as_text().count(few_rows.TARGET)
+def kernel_calls(fn, *args) -> int:
+    """Kernel calls in the lowering of fn."""
+    return jax.jit(fn).lower(*args).as_text().count(few_rows.TARGET)
 
 
 def test_dot_general_routes_only_what_the_kernel_computes():
@@ -56,15 +51,8 @@ def test_dot_general_routes_only_what_the_kernel_computes():
     def project(x, w):
         return few_rows.dot_general(x, w, projection)
 
-    assert kernel_calls(project, x, w_dhe, on=False) == 0  # switch off (training, prefill)
-    assert jax.jit(project).lower(x, w_dhe).as_text().count(few_rows.TARGET) == 0  # no switch at all
     assert kernel_calls(project, x, w_dhe) == 1
-
-    def project_on(x, w):
-        with few_rows.enabled():
-            return project(x, w)
-
-    np.testing.assert_allclose(jax.jit(project_on)(x, w_dhe), jax.lax.dot_general(x, w_dhe, projection), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(project)(x, w_dhe), jax.lax.dot_general(x, w_dhe, projection), rtol=1e-6)
     out_proj = (((2, 3), (0, 1)), ((), ()))  # o_proj: [b, t, h, e] x [h, e, d]
     assert kernel_calls(lambda a, b: few_rows.dot_general(a, b, out_proj), jnp.ones((4, 1, 2, 8)),
                         jnp.ones((2, 8, 32))) == 1
@@ -79,10 +67,15 @@ def test_dot_general_routes_only_what_the_kernel_computes():
     assert kernel_calls(lambda a, b: few_rows.dot_general(a, b, middle), x, jnp.ones((3, 32, 5))) == 0
 
 
-def test_environment_switch_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setenv("QWENCODER_FEW_ROWS", "0")
-    with few_rows.enabled():
-        assert not few_rows.is_enabled()
+def test_the_model_alone_never_calls_the_kernels():
+    """The seam: without the CPU decode step scope, a decode step of the model lowers to XLA's dots only."""
+    model = Transformer(CONFIG)
+    params = init_params(CONFIG, jax.random.key(0))
+    cache = kv_cache.init_cache(model, 2, 16)
+    ids = jnp.ones((2, 1), jnp.int32)
+    text = jax.jit(lambda p, c: model.apply({"params": p, "cache": c}, ids, decode="step", mutable=["cache"])).lower(
+        params, cache).as_text()
+    assert few_rows.TARGET not in text and packed.TARGET not in text
 
 
 CONFIG = ModelConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -99,8 +92,8 @@ def test_decoder_steps_use_the_kernel_and_decode_the_same_tokens(tie_embeddings)
     args = (params, ids, np.full((batch,), prompt, np.int32), np.ones((batch,), bool),
             np.arange(batch, dtype=np.int32), np.int32(24), np.uint32(0), np.float32(0.0), np.int32(0),
             np.float32(1.0))
-    with_kernel = kv_cache.make_decoder(model, 48, (config.vocab_size,), few_rows_kernel=True)
-    without = kv_cache.make_decoder(model, 48, (config.vocab_size,), few_rows_kernel=False)
+    with_kernel = kv_cache.make_decoder(model, 48, (config.vocab_size,), step_scope=packed_weights.use)
+    without = kv_cache.make_decoder(model, 48, (config.vocab_size,))
     # every projection of every layer and the head, once per decode step (the while body is traced once)
     assert with_kernel.lower(*args).as_text().count(few_rows.TARGET) == 7 * config.num_layers + 1
     assert without.lower(*args).as_text().count(few_rows.TARGET) == 0
@@ -132,7 +125,7 @@ def test_concurrent_calls_from_several_threads_are_correct():
 
 
 def test_a_failed_build_warns_once_and_falls_back_to_xla(monkeypatch, tmp_path):
-    monkeypatch.setenv("QWENCODER_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     few_rows.available.cache_clear()
     try:

@@ -12,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as GGML
 
 from qwencoder_jax import assets, checkpoints
-from qwencoder_jax.convert.common import matrix_names
+from qwencoder_jax.model.hf_names import matrix_names
 from qwencoder_jax.convert.gguf import GGUFFile, read_packed, uninterleave_rows
 from qwencoder_jax.cpu_decode import few_rows, packed
 from qwencoder_jax.cpu_decode.packed import PackedWeight
@@ -67,7 +67,7 @@ def test_quantize_stays_within_half_a_step():
 def test_without_the_kernel_the_product_is_the_same(monkeypatch, tmp_path):
     weight = PackedWeight.quantize(np.random.default_rng(3).standard_normal((40, 64)).astype(np.float32), 4)
     x = np.random.default_rng(4).standard_normal((2, 64)).astype(np.float32)
-    monkeypatch.setenv("QWENCODER_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
     few_rows.available.cache_clear()
     try:
@@ -137,7 +137,7 @@ def test_decoder_steps_multiply_by_packed_weights_and_decode_the_same_tokens(tie
     args = (params, ids, np.full((batch,), prompt, np.int32), np.ones((batch,), bool),
             np.arange(batch, dtype=np.int32), np.int32(24), np.uint32(0), np.float32(0.0), np.int32(0),
             np.float32(1.0))
-    decode = kv_cache.make_decoder(model, 48, (config.vocab_size,))
+    decode = kv_cache.make_decoder(model, 48, (config.vocab_size,), step_scope=packed_weights.use)
     lowered = decode.lower(*args, packed=weights).as_text()
     # every projection of every layer and the head, once per decode step; no float kernel left in the steps
     assert lowered.count(packed.TARGET) == 7 * config.num_layers + 1
@@ -166,14 +166,14 @@ def test_checkpoints_keep_packed_weights(tmp_path):
 
     directory = checkpoints.save_model(tmp_path / "ckpt", CONFIG.replace(scan_layers=True),
                                        stack_layers(params, CONFIG.num_layers), packed=weights)
-    restored = checkpoints.load_packed(directory)
+    restored = packed_weights.load(directory)
     assert set(restored) == set(weights)
     for name, weight in weights.items():
         for field in ("codes", "scale", "offset"):
             np.testing.assert_array_equal(np.asarray(getattr(restored[name], field)), getattr(weight, field))
     plain = checkpoints.save_model(tmp_path / "plain", CONFIG.replace(scan_layers=True),
                                    stack_layers(params, CONFIG.num_layers))
-    assert checkpoints.load_packed(plain) is None
+    assert packed_weights.load(plain) is None
 
 
 def test_smollm2_gguf_packed_weights_are_its_float_weights():
