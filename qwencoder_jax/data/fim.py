@@ -1,4 +1,4 @@
-"""Fill-in-the-middle and repo-level sample formats (DESIGN.md; report Figures 3 and 4), as text and as token ids.
+"""Fill-in-the-middle and repo-level sample formats (docs/FORMATS.md; report Figures 3 and 4), as text and as token ids.
 
 File level, a document becomes one of
   PSM   <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}<|endoftext|>
@@ -15,7 +15,7 @@ Repo level (stage 2), the files of a repository in the caller's order (e.g. depe
   <|repo_name|>{repo}\\n<|file_sep|>{path1}\\n{content1}\\n<|file_sep|>{path2}\\n{content2}<|endoftext|>
 and with FIM (same rate) the LAST file is the one infilled; the others stay whole as its context (Figure 4):
   <|repo_name|>{repo}\\n<|file_sep|>{path1}\\n{content1}\\n<|file_sep|>{path2}\\n<|fim_prefix|>{pre}<|fim_suffix|>...
-The trailing <|endoftext|> of the plain repo sample is ours: DESIGN.md's repo string is the body, and every sample
+The trailing <|endoftext|> of the plain repo sample is ours: the report's repo string is the body, and every sample
 needs the document terminator that its FIM form already has.
 
 Token ids are built by tokenising the text pieces separately and inserting the special ids, never by tokenising
@@ -196,7 +196,7 @@ def fim_text(pieces: FimPieces) -> str:
 
 
 def repo_text(repo_name: str, files: Sequence[tuple[str, str]]) -> str:
-    """DESIGN.md's repo-level body: header line, then `<|file_sep|>{path}\\n{content}` joined by newlines."""
+    """The repo-level body (docs/FORMATS.md): header line, then `<|file_sep|>{path}\\n{content}` joined by newlines."""
     return f"{REPO_NAME}{repo_name}\n" + "\n".join(f"{FILE_SEP}{path}\n{content}" for path, content in files)
 
 

@@ -1,4 +1,4 @@
-"""The Qwen2.5 vocabulary against DESIGN.md and independent tokenisers; the SentencePiece builder for experiments."""
+"""The Qwen2.5 vocabulary against docs/FORMATS.md and independent tokenisers; the SentencePiece builder for experiments."""
 
 import json
 import pickle
@@ -102,7 +102,7 @@ def test_wrong_special_id_is_named_at_load(qwen, tmp_path):
             token["content"] = "<|fim_middle|>"
     bad = tmp_path / "tokenizer.json"
     bad.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"special token <\|fim_middle\|> has id 151661, DESIGN.md requires 151660"):
+    with pytest.raises(ValueError, match=r"special token <\|fim_middle\|> has id 151661, docs/FORMATS.md requires 151660"):
         QwenVocabulary(bad)
 
 

@@ -274,9 +274,19 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
     assert (workdir / "checkpoints" / "8.damaged").is_dir() and (workdir / "checkpoints" / "8" / "params").is_dir()
 
 
+class NanAtStep5(Trainer):
+    """The batch of step 5 carries a NaN loss weight (a test-only trainer)."""
+
+    def _device_batch(self, batch: dict, step: int) -> dict:
+        if step + 1 == 5:
+            batch = dict(batch, loss_mask=batch["loss_mask"].astype(np.float32))
+            batch["loss_mask"][0, 0] = np.nan
+        return super()._device_batch(batch, step)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     workdir = tmp_path / "nan"
-    result = Trainer(trainer_config(workdir, data_dir, debug_nan_at_step=5)).run()
+    result = NanAtStep5(trainer_config(workdir, data_dir)).run()
     assert result.stop_reason == "non_finite" and result.final_step == 5 and result.last_good_checkpoint == 4
     assert any("at step 5" in m and "last good checkpoint is step 4" in m for m in result.messages)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
