@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
 from qwencoder_jax.data import fim  # numpy only: no TensorFlow, no model
 
 _GRAMMARS = {"Python": "tree_sitter_python", "JavaScript": "tree_sitter_javascript", "Go": "tree_sitter_go",

@@ -18,7 +18,8 @@ import dataclasses
 import re
 from typing import Mapping, Sequence
 
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
+from qwencoder_jax.eval import sandbox  # the bubblewrap sandbox: standard library only
 
 COMPILE_FAILED_STATUS = 97
 
@@ -96,8 +97,6 @@ def _outcome(result) -> Outcome:
 def job_for(language: str, program: str, wall_seconds: float = 60.0, cpu_seconds: float = 60.0,
             unsandboxed: bool = False) -> dict:
     """The keyword arguments of sandbox.run for one program (compile + run)."""
-    from qwencoder_jax.eval import sandbox
-
     if language not in TOOLCHAINS:
         raise ValueError(f"no toolchain for {language!r}; supported: {sorted(TOOLCHAINS)}")
     toolchain = TOOLCHAINS[language]
@@ -108,14 +107,10 @@ def job_for(language: str, program: str, wall_seconds: float = 60.0, cpu_seconds
 
 
 def run_program(language: str, program: str, **options) -> Outcome:
-    from qwencoder_jax.eval import sandbox
-
     return _outcome(sandbox.run(**job_for(language, program, **options)))
 
 
 def run_programs(pairs: Sequence[tuple[str, str]], workers: int = 2, **options) -> list[Outcome]:
-    from qwencoder_jax.eval import sandbox
-
     results = sandbox.run_many([job_for(language, program, **options) for language, program in pairs], workers)
     return [_outcome(result) for result in results]
 

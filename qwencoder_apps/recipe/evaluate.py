@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from qwencoder_apps.recipe.config import EvalPlan
+from qwencoder_apps.recipe.markdown import markdown_table
 
 HEADER = ["task", "what", "result"]
 
@@ -94,8 +95,6 @@ def run(checkpoint: Path, output_dir: Path, data_dirs: dict[str, str], plan: Eva
             for row in rows_of(outcome):
                 say(f"eval: {row[0]} {row[1]}: {row[2]}")
     (output_dir / "results.json").write_text(json.dumps(results, indent=1))
-    from qwencoder_apps.recipe.report import markdown_table
-
     (output_dir / "report.md").write_text(f"# Evaluation of {checkpoint}\n\n"
                                           + markdown_table(as_rows(results), HEADER) + "\n")
     return results

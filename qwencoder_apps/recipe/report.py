@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qwencoder_apps.recipe import data, evaluate, mixtures, stages
+from qwencoder_apps.recipe.markdown import markdown_table
 
 
 def text_table(rows: list[list], header: list[str]) -> str:
@@ -16,15 +17,6 @@ def text_table(rows: list[list], header: list[str]) -> str:
     for row in cells:
         lines.append("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      .rstrip())
-    return "\n".join(lines)
-
-
-def markdown_table(rows: list[list], header: list[str]) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
