@@ -16,6 +16,16 @@ DATA_PIPELINES_MAY_IMPORT = ("qwencoder_jax.data.fim", "qwencoder_jax.data.speci
 CPU_DECODE_USERS = ("qwencoder_jax.cpu_decode", "qwencoder_jax.convert.gguf", "qwencoder_jax.eval.generate")
 
 
+# The parts of the library and the other parts each may import (docs/ARCHITECTURE.md's table).
+LIBRARY_RULES = {
+    "model": {"kernels"}, "kernels": set(), "cpu_decode": {"model", "checkpoints"}, "data": {"assets"},
+    "sharding": set(), "distributed": {"sharding"}, "allocator": set(), "assets": set(), "checkpoints": {"model"},
+    "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator"},
+    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode"}, "generate": {"eval"},
+    "convert": {"model", "checkpoints", "cpu_decode"},
+}
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -54,6 +64,19 @@ def test_the_library_imports_no_application_and_no_data_pipeline():
     offenders = {name: sorted(t for t in targets if t.startswith(("qwencoder_apps", "data_pipelines")))
                  for name, targets in graph().items() if name.startswith("qwencoder_jax")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_each_part_of_the_library_imports_only_what_it_may():
+    def part(module: str) -> str:
+        return module.split(".")[1] if module.startswith("qwencoder_jax.") else module
+
+    offenders = {}
+    for name, targets in graph().items():
+        if name.startswith("qwencoder_jax."):
+            extra = {part(t) for t in targets} - {part(name)} - LIBRARY_RULES[part(name)] - {"qwencoder_jax"}
+            if extra:
+                offenders[name] = sorted(extra)
+    assert offenders == {}
 
 
 def test_data_pipelines_imports_only_what_its_readme_allows():
