@@ -5,15 +5,7 @@
         shardings = shard_params(abstract_params_tree_with_metadata, mesh)
         logits = jax.jit(model.apply, ...)(...)  # the model's nn.with_logical_constraint calls now bind
 
-Mesh axes, outermost first (the order decides which devices are neighbours: the last axis varies fastest, so
-`tensor`, the most communication-heavy, sits on the closest devices):
-  data      pure data parallelism (replicated parameters); across slices (DCN) in multislice runs
-  fsdp      data parallelism with parameters and optimizer state sharded over it (ZeRO-3 style)
-  sequence  context parallelism for long repo-level rows (activations' length axis)
-  tensor    Megatron-style tensor parallelism (heads, MLP hidden, vocabulary)
-
-Modules name logical axes only (see qwencoder_jax.model.layers); `LOGICAL_AXIS_RULES` is the only place that
-says where each logical axis lives, for parameters, optimizer state and activations alike.
+Design notes: docs/TRAINING.md, section `qwencoder_jax/sharding.py`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """Validation by execution (report section 4.1, "A multilingual sandbox for code verification").
 
-A sample's code and its tests are written into one program, compiled if the language needs it and run inside
-qwencoder_jax.eval.sandbox (bubblewrap: no network, read-only toolchains under /usr, a fresh writable working
-directory that is also HOME and holds every cache, e.g. GOCACHE). Exit status 0 means the tests passed. A sample
-is kept only when it passes (rejection sampling); otherwise it is rejected with its reason: `compile_error`
-(with the compiler's message), `test_failed`, `timeout`, `killed` (a resource limit), `no_code`
-(no code block of the language in the response), `unsupported_language`.
-
-The toolchains are Debian packages (scripts/apt-packages.txt): python3, nodejs, golang-go, rustc, default-jdk,
-gcc, g++, bash. Compile and run happen in one sandbox call (a small shell script), so the built program never
-leaves the sandbox; a compile failure exits with a dedicated status so it is told apart from a failing test.
+Design notes: docs/DATA.md, section `data_pipelines/sft/execution.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
 """The comparison: every variant's metrics.jsonl (and eval results, if any) -> one table (markdown, CSV, JSON) and
 one figure.
 
-Per variant (WORKDIR/<variant>/):
-  metrics.jsonl     the trainer's records; a resumed run rewrites steps after its checkpoint, so the last record
-                    of each step counts. Final values average the last `tail` logged steps (one step's loss on a
-                    tiny batch is noisy); per-source losses are the `loss/<source>` keys (averaged over the last
-                    `tail` steps that logged them), `tokens/<source>` the tokens each source gave in the whole
-                    run. tokens/s is the median over steps after the first (the first includes compilation).
-  ablation_run.json written by the runner: status, return code, wall seconds, command.
-  results.json or eval/results.json   evaluation results: every numeric leaf becomes a column `eval/<path>`.
-
-Rows follow the sweep's order; variants with no metrics keep their row (status says why) so nothing is lost.
+Design notes: docs/ABLATIONS.md, section `qwencoder_apps/ablation/collect.py`.
 """
 
 from __future__ import annotations

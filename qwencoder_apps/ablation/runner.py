@@ -1,19 +1,6 @@
 """Running a sweep's variants: checked first, then each through the trainer's command line in its own workdir.
 
-Launchers:
-  local      `python -m qwencoder_jax.train ...` as a child process per variant, one after another; its output
-             goes to WORKDIR/<variant>/train.log. A failing variant is recorded and the next one runs. With
-             processes > 1, each variant runs under launch/local.py as that many JAX processes (gloo on CPU;
-             give a mesh that spans them, e.g. --gin.MESH_SHAPE='(1,-1,1,1)').
-  inprocess  the same command line through `qwencoder_jax.train.cli.main` in this process: imports and the jit
-             cache are shared (tests, notebooks); a failing variant is recorded (its exception in train.log).
-  pod        one `launch/tpu_vm.py` run per variant (its own queued resource, named PREFIX-<variant>), started
-             together; pass the pod flags (--project, --zone, --accelerator...) through. Workdirs are on the pod's
-             side (--pod_workdir); copy them back (or mount them) and `--collect_only` builds the table.
-
-Before anything runs, every variant's gin is parsed and bound in this process (cli.parse + cli.build), so a
-mistyped binding or a missing required macro fails naming the variant before any training starts, and two
-variants whose operative configs are identical (an overlay overriding what the variant changes) are refused.
+Design notes: docs/ABLATIONS.md, section `qwencoder_apps/ablation/runner.py`.
 """
 
 from __future__ import annotations

@@ -1,28 +1,6 @@
 """Sweep specs: a set of named variants of one training run, each a list of gin files and gin bindings.
 
-A variant's trainer command line is
-
-    python -m qwencoder_jax.train  [sweep gin_files] [variant gin_files] [overlays]  [sweep bindings]
-                                   [variant bindings] [extra bindings]  --workdir=WORKDIR/<variant>
-
-Files are parsed in that order and bindings after every file, so a later file wins over an earlier one and any
-binding wins over every file. Overlays (gin/cpu/*.gin, the command line's --gin_file) come after the variants'
-files: put what a variant changes that an overlay also sets (e.g. SEQUENCE_LENGTH) in the variant's bindings.
-
-A `.sweep` file is TOML (stdlib tomllib):
-
-    description = "Table 3: code:text:math mixtures"
-    gin_files = []                                   # optional, before every variant's files
-    overlays = ["cpu/tiny.gin"]                      # optional, after every variant's files
-    bindings = ['TOTAL_STEPS = 200']                 # optional, before every variant's bindings
-
-    [variants.mixture_100_0_0]
-    gin_files = ["ablations/mixture_100_0_0.gin"]
-    bindings = []                                    # optional
-
-A `.gin` file given as a sweep is one variant named after the file. On the command line,
-`--variant NAME=ITEM;ITEM...` adds a variant whose items are gin files (ending in .gin) or bindings (KEY=VALUE).
-Gin file paths are looked up as given, then under the repository's gin/ directory (as the trainer does).
+Design notes: docs/ABLATIONS.md, section `qwencoder_apps/ablation/spec.py`.
 """
 
 from __future__ import annotations

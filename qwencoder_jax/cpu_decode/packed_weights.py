@@ -8,7 +8,7 @@ projection of the layers (q/k/v/o, gate/up/down, flax DenseGeneral), the tied he
 untied head (`LMHead`): by `packed.matmul` where the projection's Hugging Face name has a packed (GGUF block)
 weight, else by `few_rows.dot_general` on the float parameter. Everything else (embedding lookup, norms, RoPE,
 attention, biases) runs as the model wrote it. Packed weights are keyed by Hugging Face names in Hugging Face's
-[out, in] layout (GGUF's). Only the unrolled layer layout (`scan_layers=False`, what decoding uses) is handled.
+[out, in] layout (GGUF's), for the unrolled layer layout (`scan_layers=False`, what decoding uses).
 The model itself never imports this package; the Generator switches it on for unsharded decoding on CPU.
 """
 
@@ -104,9 +104,9 @@ def _head(module: nn.Module, weight: PackedWeight | None, x_btd):
 def use(config: ModelConfig, packed: Mapping[str, Any] | None = None):
     """Within this block (at trace time), the projections and head of a `config` model run on the CPU kernels
     (see the module doc): packed weights where `packed` has one, the few-rows kernel elsewhere."""
-    if config.scan_layers:
-        raise ValueError("CPU decoding applies to the unrolled layer layout; load the model with scan_layers=False")
     packed = packed or {}
+    if packed and config.scan_layers:
+        raise ValueError("packed weights apply to the unrolled layer layout; load the model with scan_layers=False")
     check(config, packed)
     names = {path: name for name, (path, _) in matrix_names(config).items()}
 

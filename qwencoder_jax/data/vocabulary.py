@@ -1,18 +1,6 @@
 """Vocabularies as seqio.Vocabulary: the real Qwen2.5 byte-level BPE, and small SentencePiece models for experiments.
 
-Both expose `special_ids` (token text -> id for the specials of docs/FORMATS.md) and `encode(text, allow_special=False)`, so
-FIM and repo-level code (qwencoder_jax/data/fim.py) works with either. Special tokens are produced from text only when
-the caller asks for it: source code that happens to contain the string "<|endoftext|>" must not end a document.
-
-Padding. seqio's feature converters pad with the literal id 0 and compute loss weights and packed segment ids as
-`token != 0`, whatever `vocabulary.pad_id` says. In the Qwen vocabulary id 0 is the real token "!", so those
-converters would silently drop the loss on every "!", and the tf-ops packer (pack=True) also cuts one token off the
-end of an example per "!" in it (seen on seqio 0.0.20). Training must take loss weights and segment ids from a
-packer that tracks documents, never from token values. Given that, the Qwen vocabulary reports pad_id =
-<|endoftext|> (151643), as the published Qwen tokenizer does: besides cache statistics, the only seqio code that
-reads `pad_id` is `decode_tf`, which overwrites everything after the first EOS with it, and padding with EOS keeps
-that consistent with Python `decode` (which stops at the first EOS). The SentencePiece models reserve a real <pad>
-piece at id 0, so there seqio's convention holds as is.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/vocabulary.py`.
 """
 
 from __future__ import annotations

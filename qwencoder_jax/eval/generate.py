@@ -152,7 +152,7 @@ class Generator:
         config = model.config
         if config.scan_layers:
             # Decoding runs one module per layer: under nn.scan every step copies each layer's cache slice in and
-            # out of the stacked cache, which made decoding about half as fast (benchmarks/decode_throughput.py).
+            # out of the stacked cache (slower: `--layouts scan` of benchmarks/decode_throughput.py).
             from qwencoder_jax import checkpoints
 
             config = config.replace(scan_layers=False)

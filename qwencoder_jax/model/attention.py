@@ -185,7 +185,7 @@ def cached_attention(q_bthe, k_bkse, v_bkse, query_slots_bt, segment_ids_bt, kv_
     scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1)
     # Output in the dot's natural [b, k, g, t, e] order, transposed after: asking the einsum for [b, t, k, g, e]
-    # made XLA's CPU backend fall back to a generic loop 9x slower at 1,600 cached slots.
+    # makes XLA's CPU backend fall back to a generic loop (docs/BENCHMARKS.md, design figures).
     out_bkgte = jnp.einsum("bkgts,bkse->bkgte", probs_bkgts.astype(v_bkse.dtype), v_bkse)
     return jnp.transpose(out_bkgte, (0, 3, 1, 2, 4)).reshape(b, t, h, e)
 

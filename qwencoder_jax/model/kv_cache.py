@@ -4,16 +4,7 @@
     tokens_bn, steps = decode_fn(params, prompt_ids_bp, prompt_lengths_b, active_b, sample_ids_b,
                                  max_new_tokens, seed, temperature, top_k, top_p)
 
-Layout of a batch: prompts are LEFT-padded to a common length P, so every row's last prompt token sits in slot
-P - 1 and every decode step writes the same cache slot for all rows (one dynamic_update_slice). Each row keeps
-its own RoPE positions (slot - padding, so padding never shifts a prompt), and padded slots carry segment id 0,
-which no real token has: they are never attended to. The cache (flax "cache" collection, per layer: key/value
-[b, k, s, e] with k = num_kv_heads, segment_ids [b, s], index []) has s = cache_length >= P + max_new_tokens slots.
-
-The loop stops when `max_new_tokens` tokens are out or every row has produced an end token; there is no host
-round trip per token. Rows that have finished (or are batch padding, `active_b` False) emit -1 from then on.
-Sampling: greedy (temperature 0) or temperature / top-k / top-p; row r's random stream is
-fold_in(fold_in(key(seed), sample_ids_b[r]), step), so a sample does not depend on which batch it lands in.
+Design notes: docs/MODEL.md, section `qwencoder_jax/model/kv_cache.py`.
 """
 
 from __future__ import annotations

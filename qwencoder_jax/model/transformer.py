@@ -4,13 +4,7 @@
     logits_btv = model.apply({"params": params}, input_ids_bt)                   # one document per row
     logits_btv = model.apply({"params": params}, input_ids_bt, segment_ids_bt, positions_bt)   # packed rows
 
-Parameter tree (scanned layers stack a leading [num_layers] axis; unrolled ones are `layers_0`, `layers_1`...):
-    embed/embedding [v, d]
-    layers/{input_norm, post_attention_norm}/scale [d]
-    layers/attention/{q,k,v}_proj/{kernel [d, heads, e], bias [heads, e]}, o_proj/kernel [h, e, d]
-    layers/mlp/{gate_proj, up_proj}/kernel [d, f], down_proj/kernel [f, d]
-    final_norm/scale [d]
-    lm_head/kernel [d, v]           (untied models only; tied models reuse embed/embedding)
+Design notes: docs/MODEL.md, section `qwencoder_jax/model/transformer.py`.
 """
 
 from __future__ import annotations
