@@ -212,15 +212,6 @@ def activate(mesh, rules=LOGICAL_AXIS_RULES) -> Iterator[None]:
         yield
 
 
-def per_device_bytes(tree: Any) -> int:
-    """The largest number of bytes any one device holds of a tree of jax arrays (from their actual shards)."""
-    totals: dict[Any, int] = {}
-    for leaf in jax.tree.leaves(tree):
-        for shard in leaf.addressable_shards:
-            totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
-    return max(totals.values()) if totals else 0
-
-
 def sharded_bytes(abstract_tree: Any, shardings: Any) -> int:
     """Bytes per device of a tree laid out by `shardings` (NamedShardings on a real or abstract mesh)."""
     total = 0

@@ -58,34 +58,3 @@ def pack_dataset(shifted: grain.IterDataset, config: PackingConfig) -> grain.Ite
         seed=config.seed, shuffle_bins=config.shuffle_rows,
         padding_struct={"input_ids": PAD_ID, "targets": PAD_ID, "loss_mask": 0, "source_ids": 0})
     return packed.map(_finish_row)
-
-
-def pack_rows(documents: list[dict[str, np.ndarray]], sequence_length: int) -> dict[str, np.ndarray]:
-    """Reference packer: shifted documents in order, next-fit (a new row when the next one does not fit).
-
-    Vectorised per row: one concatenate per feature, no per-token Python.
-    """
-    rows: list[list[dict]] = [[]]
-    used = 0
-    for document in documents:
-        size = len(document["input_ids"])
-        if used + size > sequence_length and rows[-1]:
-            rows.append([])
-            used = 0
-        rows[-1].append(document)
-        used += size
-    out = {name: np.zeros((len(rows), sequence_length), np.int32) for name in ROW_FEATURES}
-    out["input_ids"][:] = PAD_ID
-    out["targets"][:] = PAD_ID
-    for row_index, row in enumerate(rows):
-        if not row:
-            continue
-        sizes = np.asarray([len(d["input_ids"]) for d in row])
-        total = int(sizes.sum())
-        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
-        for name in _PACKED:
-            out[name][row_index, :total] = np.concatenate(
-                [d[name] if name in d else np.zeros(len(d["input_ids"]), np.int32) for d in row])
-        out["segment_ids"][row_index, :total] = np.repeat(np.arange(1, len(row) + 1), sizes)
-        out["positions"][row_index, :total] = np.arange(total) - starts
-    return out
