@@ -15,6 +15,7 @@ import numpy as np
 
 from data_pipelines.sft.tally import Problem, Tally
 from qwencoder_jax.data import fim  # numpy only: no TensorFlow, no model
+from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 _GRAMMARS = {"Python": "tree_sitter_python", "JavaScript": "tree_sitter_javascript", "Go": "tree_sitter_go",
              "Java": "tree_sitter_java", "C": "tree_sitter_c", "C++": "tree_sitter_cpp", "Rust": "tree_sitter_rust"}
@@ -195,8 +196,6 @@ def to_json(sample: AstFimSample) -> str:
 
 def psm_ids(sample: AstFimSample, vocabulary) -> tuple[list[int], list[int]]:
     """(token ids, loss mask) of the PSM sample: loss on the middle and <|endoftext|> only."""
-    from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-
     special = vocabulary.special_ids
     prefix, suffix, middle = vocabulary.encode_batch([sample.prefix, sample.suffix, sample.middle])
     head = [special[FIM_PREFIX]] + prefix + [special[FIM_SUFFIX]] + suffix + [special[FIM_MIDDLE]]

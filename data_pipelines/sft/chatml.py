@@ -12,6 +12,7 @@ with its reason, so `read == kept + sum(rejected)` holds exactly as in the pretr
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 from typing import Iterable, Iterator
@@ -159,8 +160,6 @@ class DatasetWriter:
 
     def write(self, directory: str, num_shards: int = 1, stages: tuple[str, ...] = ("chatml",),
               config: dict | None = None) -> dict:
-        import hashlib
-
         by_shard: dict[int, list[tuple[str, bytes]]] = collections.defaultdict(list)
         for doc_id, example in self.examples.items():
             by_shard[output.shard_of(doc_id, num_shards)].append((doc_id, example))

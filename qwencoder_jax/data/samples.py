@@ -5,6 +5,7 @@ Design notes: docs/DATA.md, section `qwencoder_jax/data/samples.py`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 
@@ -198,8 +199,6 @@ class _PieceIds:
             offset += len(piece)
 
     def encode_batch(self, texts):
-        import bisect
-
         plans, fresh = [], []
         for piece in texts:
             start, end = self._spans[piece]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from qwencoder_jax import assets, sharding
+from qwencoder_jax import assets, checkpoints, sharding
 from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.config import QWEN_VOCAB_SIZE, ModelConfig
 from qwencoder_jax.model.transformer import Transformer
@@ -111,8 +111,6 @@ class Tokenizer:
 
 def tokenizer_for_checkpoint(path: str | os.PathLike, config: ModelConfig) -> Tokenizer:
     """The checkpoint's own tokenizer.json, else the Qwen2.5 tokenizer for a Qwen-vocabulary model."""
-    from qwencoder_jax import checkpoints
-
     directory = checkpoints.resolve_checkpoint_dir(path)
     for candidate in (directory / TOKENIZER_FILE, Path(path).absolute() / TOKENIZER_FILE):
         if candidate.is_file():
@@ -153,9 +151,7 @@ class Generator:
         if config.scan_layers:
             # Decoding runs one module per layer: under nn.scan every step copies each layer's cache slice in and
             # out of the stacked cache (slower: `--layouts scan` of benchmarks/decode_throughput.py).
-            from qwencoder_jax import checkpoints
-
-            config = config.replace(scan_layers=False)
+                config = config.replace(scan_layers=False)
             model, params = Transformer(config), checkpoints.unstack_layers(params, config.num_layers)
         self.model, self.tokenizer, self.mesh, self.max_batch_size = model, tokenizer, mesh, max_batch_size
         self.eos_ids = tuple(getattr(tokenizer, "eos_ids", None) or (tokenizer.eos_token_id,))
@@ -182,8 +178,6 @@ class Generator:
         """A generator on a converted or training checkpoint; `tokenizer` is a tokenizer object or a path to a
         tokenizer.json (default: see `tokenizer_for_checkpoint`); overrides are execution options.
         packed_weights: decode from the checkpoint's packed weights when it has them (GGUF conversions)."""
-        from qwencoder_jax import checkpoints
-
         model, params = checkpoints.load(path, **{"scan_layers": False, **model_overrides})
         if tokenizer is None:
             tokenizer = tokenizer_for_checkpoint(path, model.config)
