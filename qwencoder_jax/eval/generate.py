@@ -151,7 +151,7 @@ class Generator:
         if config.scan_layers:
             # Decoding runs one module per layer: under nn.scan every step copies each layer's cache slice in and
             # out of the stacked cache (slower: `--layouts scan` of benchmarks/decode_throughput.py).
-                config = config.replace(scan_layers=False)
+            config = config.replace(scan_layers=False)
             model, params = Transformer(config), checkpoints.unstack_layers(params, config.num_layers)
         self.model, self.tokenizer, self.mesh, self.max_batch_size = model, tokenizer, mesh, max_batch_size
         self.eos_ids = tuple(getattr(tokenizer, "eos_ids", None) or (tokenizer.eos_token_id,))
