@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m qwencoder_jax.demo
+	$(PY) -m qwencoder_apps.demo
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q

@@ -10,12 +10,12 @@ Greedy, from the same prompt repeated `batch` times, for exactly `new_tokens` ne
 ours with no end token able to stop the loop. A measurement is one whole call (prefill + all new tokens), after
 a warm-up call of the same shape (so compilation and first-call costs are excluded); the best of `repeats`.
 Variants of ours (--layouts): `packed` (one module per layer, the decode steps multiplying by the GGUF's own
-Q4_1 / Q8_0 blocks, kept packed: qwencoder_jax/kernels/packed; what `Generator` decodes a GGUF conversion with,
+Q4_1 / Q8_0 blocks, kept packed: qwencoder_jax/cpu_decode/packed; what `Generator` decodes a GGUF conversion with,
 printed as `ours`), `unrolled` (the same from the float32 params, the few-row kernel
-qwencoder_jax/kernels/few_rows doing the matmuls, printed as `ours_float32`), `xla_dots` (float32 params, XLA's
+qwencoder_jax/cpu_decode/few_rows doing the matmuls, printed as `ours_float32`), `xla_dots` (float32 params, XLA's
 dots, printed as `ours_xla_dots`) and `scan` (layers under nn.scan, the training layout, printed as `ours_scan`).
 The packed weights are the very values transformers runs (it dequantises the GGUF to float32 on load; the
-values agree bit for bit, tests/test_packed_weights.py), in a quarter to an eighth of the bytes.
+values agree bit for bit, tests/cpu_decode/test_packed_weights.py), in a quarter to an eighth of the bytes.
 Prints per batch: `batch B: ours=<tokens/s> transformers=<tokens/s> ratio=<ours/transformers>`.
 
 The memory ceiling of float32 weights, measured in the same run: a decode step must read every weight once (4
@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from qwencoder_jax import assets, checkpoints  # noqa: E402
+from qwencoder_jax.cpu_decode import few_rows, packed_weights  # noqa: E402
 from qwencoder_jax.eval.generate import Tokenizer  # noqa: E402
 from qwencoder_jax.model import kv_cache  # noqa: E402
 
@@ -60,14 +61,14 @@ def ours_seconds(checkpoint: Path, prompt_ids: list[int], batch: int, new_tokens
     model, params = checkpoints.load(checkpoint, scan_layers=layout == "scan")
     packed = None
     if layout == "packed":
-        packed = checkpoints.load_packed(checkpoint)
+        packed = packed_weights.load(checkpoint)
         if packed is None:
             raise SystemExit(f"{checkpoint} keeps no packed weights: convert the GGUF again (gguf_to_orbax keeps them)")
     prompt_slots = kv_cache.bucket_length(len(prompt_ids))
     cache_length = kv_cache.bucket_length(prompt_slots + new_tokens)
     # an id outside the vocabulary is never produced: every row runs all `new_tokens` steps (min_new_tokens)
     decode = kv_cache.make_decoder(model, cache_length, (model.config.vocab_size,),
-                                   few_rows_kernel=layout != "xla_dots")
+                                   step_scope=None if layout == "xla_dots" else packed_weights.use)
     kwargs = {"packed": packed} if packed else {}
     ids_bp = np.zeros((batch, prompt_slots), np.int32)
     ids_bp[:, prompt_slots - len(prompt_ids):] = prompt_ids
@@ -115,8 +116,6 @@ def main(argv=None) -> list[dict]:
     import transformers
 
     gguf_path = assets.smollm2_gguf()
-    from qwencoder_jax.kernels import few_rows
-
     print(f"device {common.describe_device()}, jax {jax.__version__}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, few-row kernel "
           f"{'built' if few_rows.available() else 'unavailable'}", flush=True)
@@ -139,7 +138,7 @@ def main(argv=None) -> list[dict]:
         print(f"float32 weights {weight_bytes / 2**20:.0f} MiB, read bandwidth {bandwidth / 2**30:.1f} GiB/s "
               f"(sum over {probe_bytes / 2**30:.1f} GiB, this run): at most {bound:.1f} decode "
               "steps/s from float32 weights", flush=True)
-        packed = checkpoints.load_packed(checkpoint) or {}
+        packed = packed_weights.load(checkpoint) or {}
         print(f"packed weights {sum(w.nbytes for w in packed.values()) / 2**20:.0f} MiB ({len(packed)} matrices; "
               "norms and the embedding lookup stay float32)", flush=True)
         results = []

@@ -5,11 +5,11 @@
 
 A decode step reads each weight once, from memory: so each measurement chains as many distinct weights of one
 shape as fill `--megabytes` (more than the last-level cache) in one jit, and reports microseconds per matmul and
-the read rate (weight bytes / time) for XLA's dot and for the kernel (qwencoder_jax/kernels/few_rows). Shapes
+the read rate (weight bytes / time) for XLA's dot and for the kernel (qwencoder_jax/cpu_decode/few_rows). Shapes
 are KxN (x [rows, K] against w [K, N]); a `t` suffix (e.g. 49152x576t) means w is stored [N, K], the tied-head
 layout. Prints per shape: `rows=R KxN: xla=<us> (<GB/s>) kernel=<us> (<GB/s>) speedup=<xla/kernel>`, then
 (K a multiple of 32) `packed4=<us> packed8=<us>`: the same matmuls with the weights as 4-bit and 8-bit blocks
-(qwencoder_jax/kernels/packed, the form a GGUF's Q4_1 / Q8_0 weights are decoded from) and their speed-up over
+(qwencoder_jax/cpu_decode/packed, the form a GGUF's Q4_1 / Q8_0 weights are decoded from) and their speed-up over
 the float32 kernel. The packed chain is the same number of matmuls in 1/7 (4-bit) to 1/4 (8-bit) of the bytes,
 so much of it can sit in the last-level cache, as SmolLM2's 110 MiB of packed weights can in a decode step.
 
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from qwencoder_jax.kernels import few_rows, packed  # noqa: E402
+from qwencoder_jax.cpu_decode import few_rows, packed  # noqa: E402
 
 SMOLLM2_SHAPES = "576x576,576x192,576x1536,1536x576,576x49152t"
 

@@ -37,17 +37,20 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from qwencoder_jax import sharding  # noqa: E402
-from qwencoder_jax.model import Transformer, attention, get_preset  # noqa: E402
+from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
+from qwencoder_jax.model.config import CONTEXT_PARALLEL_LAYOUTS  # noqa: E402
 from qwencoder_jax.train import step as train_step_lib  # noqa: E402
+from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 
 GIB = 1024**3
 
 
 def throughput(preset: str, devices: int, batch: int, sequence: int, steps: int, sequence_shards: int = 1,
-               attention_backend: str | None = None) -> dict:
+               attention_backend: str | None = None, context_parallel_layout: str = "zigzag") -> dict:
     overrides = {"attention_backend": attention_backend} if attention_backend else {}
+    overrides["context_parallel_layout"] = context_parallel_layout
     model = Transformer(get_preset(preset, **overrides))
-    optimizer = train_step_lib.adamw()
+    optimizer = make_optimizer(OptimizerConfig(schedule="constant"))
     mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1, sequence=sequence_shards), jax.devices()[:devices])
     state, shardings = train_step_lib.init_train_state(model, optimizer, mesh, jax.random.key(0))
     step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings)
@@ -72,21 +75,23 @@ def throughput(preset: str, devices: int, batch: int, sequence: int, steps: int,
 def rule_bytes(preset: str, fsdp: int) -> int:
     model = Transformer(get_preset(preset))
     abstract_mesh = sharding.make_abstract_mesh(sharding.MeshConfig(fsdp=-1), fsdp)
-    abstract, shardings = train_step_lib.state_shardings(model, train_step_lib.adamw(), abstract_mesh)
+    optimizer = make_optimizer(OptimizerConfig(schedule="constant"))
+    abstract, shardings = train_step_lib.state_shardings(model, optimizer, abstract_mesh)
     return sharding.sharded_bytes(abstract, shardings)
 
 
 def unsharded_bytes(preset: str) -> int:
     model = Transformer(get_preset(preset))
     one = sharding.make_abstract_mesh(sharding.MeshConfig(fsdp=-1), 1)
-    abstract, shardings = train_step_lib.state_shardings(model, train_step_lib.adamw(), one)
+    optimizer = make_optimizer(OptimizerConfig(schedule="constant"))
+    abstract, shardings = train_step_lib.state_shardings(model, optimizer, one)
     return sharding.sharded_bytes(abstract, shardings)
 
 
 def compiled_memory(preset: str, sequence: int) -> dict:
     """Lower + compile the real step on the 8-device fsdp mesh with abstract (sharded) arguments."""
     model = Transformer(get_preset(preset, remat_policy="full"))
-    optimizer = train_step_lib.adamw()
+    optimizer = make_optimizer(OptimizerConfig(schedule="constant"))
     mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1))
     abstract, shardings = train_step_lib.state_shardings(model, optimizer, mesh)
     step_fn = train_step_lib.jit_train_step(model, optimizer, mesh, shardings)
@@ -133,10 +138,10 @@ def main(argv=None) -> None:
         fsdp = throughput(cp_preset, 8, args.batch, cp_sequence, args.steps, attention_backend="splash")
         fsdp["layout"] = "-"
         results = [fsdp]
-        for layout in attention.CONTEXT_PARALLEL_LAYOUTS:
-            attention.context_parallel_layout = layout
+        for layout in CONTEXT_PARALLEL_LAYOUTS:
             results.append(throughput(cp_preset, 8, args.batch, cp_sequence, args.steps, sequence_shards=shards,
-                                      attention_backend="splash") | {"layout": layout})
+                                      attention_backend="splash", context_parallel_layout=layout)
+                           | {"layout": layout})
         for result in results:
             print(f"{cp_preset} splash batch={args.batch} seq={cp_sequence} mesh={result['mesh']} "
                   f"layout={result['layout']}: step={result['step_seconds']:.3f}s "

@@ -5,12 +5,12 @@
 
 The reference configuration (training issue) is preset "maxtext-reference": 2 layers, hidden 256, 4 query heads,
 2 kv heads, head dim 64, MLP 512, vocabulary 32,000, sequence 512, batch 1, bf16 compute, f32 weights, AdamW,
-xla (dot-product) attention; `bash /work/shared/tools/maxtext_reference.sh` measures MaxText on the same one.
+xla (dot-product) attention; `bash benchmarks/maxtext_reference.sh` measures MaxText 0.2.5 on the same one.
 MFU = ModelConfig.flops_per_token x tokens/s / the float32 matmul peak measured at the start of this run.
 The step is train/step.py's jitted train_step with the state donated, on a one-device mesh; timing blocks on the
 returned loss each step. Ends with the line `tokens_per_second=<float> mfu=<float>`.
 
-Head + loss: by default the token-chunked fused head + cross-entropy (train/loss_token_chunks.py: the gradient
+Head + loss: by default the token-chunked fused head + cross-entropy (train/loss.py: the gradient
 formed in the forward pass, three head matmuls; exact to float32 rounding) with its matmul in float32: on this
 CPU the 32k-vocabulary head is most of the step, XLA's CPU bfloat16 dots run at about half the float32 rate, and
 materialised logits make several trips through memory. `--head vocab` measures the vocabulary-chunked form

@@ -1,31 +1,7 @@
 """Exact dedup (normalised content hash) and near dedup (MinHash LSH), vectorised with numpy, plus one small
 XLA kernel (jax.jit) for the (shingles x permutations) MinHash step.
 
-Near dedup, end to end for a batch of documents:
-  1. tokens: the batch's UTF-8 bytes are concatenated; word characters ([A-Za-z0-9_] and every non-ASCII byte)
-     form tokens, and each token's 64-bit polynomial hash comes from one prefix sum over the whole batch;
-  2. shingles: 5 consecutive tokens of one document; the shingle hash is mix64(sum_k token_hash[i+k] * c_k)
-     (fixed odd c_k, so word order counts), kept as a 32-bit value x;
-  3. MinHash: 256 hash functions h_i(x) = (a_i * x + b_i) mod 2^32 with random odd a_i and random b_i, and
-     each document's signature is the per-i minimum over its shingles (uint32; 2^32 - 1 is reserved for
-     EMPTY). Why this family: uint32 wraparound is free, so a shingle x permutation costs one multiply, one add
-     and one min (the earlier (a*x+b) mod (2^31-1) needed ~7 uint64 numpy operations per element). It is only
-     a universal family, not min-wise independent, but x is already a well-mixed hash, and measured it behaves
-     like ideal permutations: on 400 random set pairs the estimate's bias is ~1e-4 and its error / the binomial
-     sd sqrt(J(1-J)/256) has spread 0.94-0.98 (ideal: 1; tests check 0.85-1.15); planted near-duplicates:
-     mean |estimate - exact Jaccard| 0.015, recall 0.98 at Jaccard >= 0.8, no false pairs at <= 0.5; on the
-     CPython stdlib benchmark the verified pairs have precision 0.99 and recall 0.98 against exact Jaccard.
-     The minima are computed by a jitted XLA loop that fuses multiply-add-min and never writes a
-     (shingles x 256) array (~0.07-0.1 ns per shingle x permutation on one core, vs ~6 ns before): documents
-     are cut into pieces of <= 512 shingles, sorted by length and packed 128 at a time into (rows, 128, 16)
-     tiles, padded by repeating a shingle. In a process forked after JAX started (JAX's threads do not
-     survive fork) a numpy loop computes the same integers (bit-identical, ~10x slower).
-  4. LSH: b bands of r rows, (b, r) chosen from the threshold by minimising weighted false-positive +
-     false-negative probability; documents sharing a band key are candidates; candidates whose signature
-     agreement is below the threshold are dropped (optional); union-find gives clusters; the smallest id of
-     each cluster is kept.
-Steps 1-3 and the band keys are per document (Map on Beam); grouping by band key and the union-find are the
-global steps.
+Design notes: docs/DATA.md, section `data_pipelines/dedup.py`.
 """
 
 from __future__ import annotations
@@ -236,7 +212,7 @@ def _jax_kernel():
 
 
 def _numpy_kernel(tiles: np.ndarray, used_rows: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The same values as the JAX kernel (integer arithmetic: bit-identical), about 10x slower."""
+    """The same values as the JAX kernel (integer arithmetic: bit-identical), slower."""
     result = np.full((tiles.shape[1], len(a)), 0xFFFFFFFF, dtype=np.uint32)
     values = np.empty((tiles.shape[1], tiles.shape[2], len(a)), dtype=np.uint32)
     for row in range(used_rows):

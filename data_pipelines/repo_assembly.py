@@ -12,10 +12,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import heapq
+import os
 import re
 from typing import Iterable, Sequence
 
+from data_pipelines import output
 from data_pipelines.document import Counters, Document, Rejection, document_id, reject
+from data_pipelines.filters import apply_code_filters
+from data_pipelines.ingest import read_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,12 +175,6 @@ def assemble_to_shards(sources, output_directory: str, config: RepoAssemblyConfi
                        num_shards: int = 2) -> dict:
     """Ingest + rule filters + assembly -> code_repo shards and manifest. Counts are in files: read files are
     kept (inside some record) or rejected with a reason."""
-    import os
-
-    from data_pipelines import output
-    from data_pipelines.filters import apply_code_filters
-    from data_pipelines.ingest import read_source
-
     counters, documents, rejections = Counters(), [], []
     for source in sources:
         for item in read_source(source):

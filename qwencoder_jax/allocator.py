@@ -1,16 +1,9 @@
 """tcmalloc for the processes that train: `use_tcmalloc()` first thing in an entry point.
 
-Why. XLA's CPU runtime allocates each step's large temporaries (logits blocks, gradients the size of the
-embedding, optimizer outputs) with the C allocator. glibc serves blocks above its mmap threshold (at most 32 MiB)
-with fresh mmap'd pages and unmaps them on free, so every step faults in and zeroes those pages again: on the
-reference CPU configuration (benchmarks/train_throughput.py) that was 38,000-70,000 page faults and about a third
-of the step's time. tcmalloc keeps freed spans for reuse (0 faults per step in steady state). TPU VM images
-preload tcmalloc for the same reason.
+It re-executes the command once with libtcmalloc_minimal preloaded; QWENCODER_TCMALLOC=0 turns that off (the one
+environment switch of the library, because it acts before any flag is parsed).
 
-How. The allocator must be chosen before the process starts, so `use_tcmalloc()` re-executes the same command
-line once with LD_PRELOAD naming libtcmalloc_minimal (Debian's libtcmalloc-minimal4, installed by
-scripts/apt-packages.txt). It does nothing when tcmalloc is already preloaded, when the library is not installed,
-or when QWENCODER_TCMALLOC=0 (the way to measure with the system allocator).
+Design notes: docs/TRAINING.md, section `qwencoder_jax/allocator.py`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     CKPT_DIR/params/          orbax PyTree checkpoint of the parameter tree (scanned-layer layout)
     CKPT_DIR/model_config/    the ModelConfig as JSON (orbax JsonSave)
     CKPT_DIR/packed_weights/  optional: block-quantised projections kept as the source stored them (a GGUF's
-                              Q4_0/Q4_1/Q8_0 tensors), which decoding multiplies by (qwencoder_jax.kernels.packed)
+                              Q4_0/Q4_1/Q8_0 tensors), which CPU decoding multiplies by (qwencoder_jax.cpu_decode)
 
 Converted checkpoints are written in this form, and every training checkpoint step directory holds the same two
 items beside the optimizer and data-iterator state, so `load` takes either. Parameters keep the dtype they were
@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from qwencoder_jax.kernels.packed import PackedWeight
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 
@@ -42,8 +41,9 @@ def _checkpointer() -> ocp.Checkpointer:
 
 
 def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *, overwrite: bool = False,
-               packed: dict[str, PackedWeight] | None = None) -> Path:
-    """Write params + config (+ packed weights by Hugging Face name) as an orbax checkpoint at `directory`."""
+               packed: dict[str, Any] | None = None) -> Path:
+    """Write params + config (+ packed weights by Hugging Face name: cpu_decode.packed.PackedWeight) as an
+    orbax checkpoint at `directory`."""
     directory = Path(directory).absolute()
     if directory.exists():
         if not overwrite:
@@ -62,26 +62,10 @@ def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *
     return directory
 
 
-def load_packed(path: str | os.PathLike) -> dict[str, PackedWeight] | None:
-    """The checkpoint's packed weights by Hugging Face name (on this process's first device), or None."""
-    directory = resolve_checkpoint_dir(path)
-    if not (directory / PACKED_ITEM).is_dir():
-        return None
-    restored = _checkpointer().restore(directory, ocp.args.Composite(**{
-        PACKED_ITEM: ocp.args.StandardRestore(_local_target(directory, PACKED_ITEM))}))[PACKED_ITEM]
-    packed = {}
-
-    def collect(node: dict, parts: tuple[str, ...]) -> None:
-        if "codes" in node:
-            name = ".".join(parts)
-            packed[name] = PackedWeight(node["codes"], node["scale"], node["offset"]).check(
-                f"{directory}: packed weight {name}")
-            return
-        for key, child in node.items():
-            collect(child, (*parts, key))
-
-    collect(restored, ())
-    return packed
+def restore_item(directory: Path, item: str) -> Any:
+    """One item of a model checkpoint directory as saved (on this process's first device)."""
+    return _checkpointer().restore(directory, ocp.args.Composite(**{
+        item: ocp.args.StandardRestore(_local_target(directory, item))}))[item]
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:

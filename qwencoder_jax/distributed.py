@@ -4,15 +4,7 @@
     distributed.initialize()                     # from env / flags; a no-op for one process
     batch = distributed.global_batch(local_rows, mesh)
 
-Where the settings come from, first match wins:
-  arguments of `initialize(...)`
-  env QWENCODER_COORDINATOR (host:port), QWENCODER_NUM_PROCESSES, QWENCODER_PROCESS_ID (set by launch/local.py)
-  on Cloud TPU VMs and GKE, nothing: jax detects the slice (and MEGASCALE_* for multislice) itself
-Without any of them the run is single-process and `initialize` does nothing.
-
-On CPU the cross-process collectives need gloo (`jax_cpu_collectives_implementation`), set here before the
-runtime starts. A dead peer must not hang the survivors: the coordination service's heartbeat timeout turns a
-missing process into an error in every other process; launch/local.py also kills the others as soon as one fails.
+Design notes: docs/TRAINING.md, section `qwencoder_jax/distributed.py`.
 """
 
 from __future__ import annotations

@@ -5,15 +5,7 @@
         shardings = shard_params(abstract_params_tree_with_metadata, mesh)
         logits = jax.jit(model.apply, ...)(...)  # the model's nn.with_logical_constraint calls now bind
 
-Mesh axes, outermost first (the order decides which devices are neighbours: the last axis varies fastest, so
-`tensor`, the most communication-heavy, sits on the closest devices):
-  data      pure data parallelism (replicated parameters); across slices (DCN) in multislice runs
-  fsdp      data parallelism with parameters and optimizer state sharded over it (ZeRO-3 style)
-  sequence  context parallelism for long repo-level rows (activations' length axis)
-  tensor    Megatron-style tensor parallelism (heads, MLP hidden, vocabulary)
-
-Modules name logical axes only (see qwencoder_jax.model.layers); `LOGICAL_AXIS_RULES` is the only place that
-says where each logical axis lives, for parameters, optimizer state and activations alike.
+Design notes: docs/TRAINING.md, section `qwencoder_jax/sharding.py`.
 """
 
 from __future__ import annotations
@@ -212,34 +204,12 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def constrain(x, logical_spec: Sequence[str | None]):
-    """Pin an activation's layout by logical names (a no-op unless a mesh and rules are active)."""
-    return nn.with_logical_constraint(x, tuple(logical_spec))
-
-
 @contextlib.contextmanager
 def activate(mesh, rules=LOGICAL_AXIS_RULES) -> Iterator[None]:
     """Make `mesh` the ambient mesh and `rules` the logical-axis rules: the model's constraints then bind and the
     attention backends see the mesh (jax.sharding.get_abstract_mesh)."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
-
-
-def active_mesh():
-    """The ambient (abstract) mesh if one with our axes is active and spans more than one device, else None."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or mesh.size <= 1:
-        return None
-    return mesh
-
-
-def per_device_bytes(tree: Any) -> int:
-    """The largest number of bytes any one device holds of a tree of jax arrays (from their actual shards)."""
-    totals: dict[Any, int] = {}
-    for leaf in jax.tree.leaves(tree):
-        for shard in leaf.addressable_shards:
-            totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
-    return max(totals.values()) if totals else 0
 
 
 def sharded_bytes(abstract_tree: Any, shardings: Any) -> int:

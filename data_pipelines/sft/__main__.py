@@ -20,7 +20,7 @@ import os
 import sys
 
 from data_pipelines.sft import chatml
-from data_pipelines.sft.chatml import Tally
+from data_pipelines.sft.tally import Tally
 
 
 def _expand(paths: list[str]) -> list[str]:

@@ -1,18 +1,6 @@
 """FIM-instruction samples whose middle is a whole syntactic unit (report section 4.2, "Mixed Tuning").
 
-tree-sitter parses a real source file; one node is drawn at random among the eligible nodes of three levels
-(`body`: a function or block body; `statement`: a statement or definition; `expression`) and becomes the middle
-of a PSM sample, the rest of the same file its prefix and suffix. Files that do not parse cleanly are rejected
-(`parse_error`), as the report filters snippets whose AST has errors.
-
-Output format (decided here): the FIM form is kept, since keeping the base model's infilling (and its use of long
-file context) through instruction tuning is the point of mixing these in. A sample is written as a pre-tokenised
-`sft` record, `token_ids` = `<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}<|endoftext|>` with
-the sentinels as their special ids (fim.fim_ids), and `loss_mask` = 1 on the middle and <|endoftext|> only: like an
-assistant turn, the model learns the answer, not the prompt. Such records mix into the ChatML SFT task unchanged
-(samples.py reads `token_ids` records of any kind as they are). `--format chatml` writes the same sample as a plain
-ChatML instruction instead (a user turn with a marked hole, the middle as the assistant turn), for tools and
-endpoints that cannot carry special tokens.
+Design notes: docs/DATA.md, section `data_pipelines/sft/ast_fim.py`.
 """
 
 from __future__ import annotations
@@ -25,8 +13,9 @@ import os
 
 import numpy as np
 
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
 from qwencoder_jax.data import fim  # numpy only: no TensorFlow, no model
+from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 _GRAMMARS = {"Python": "tree_sitter_python", "JavaScript": "tree_sitter_javascript", "Go": "tree_sitter_go",
              "Java": "tree_sitter_java", "C": "tree_sitter_c", "C++": "tree_sitter_cpp", "Rust": "tree_sitter_rust"}
@@ -122,7 +111,7 @@ def _query(language: str):
 def candidates(root, language: str, config: AstFimConfig) -> dict[str, list]:
     """level -> eligible nodes (sized within the config's bounds, error-free), in document order.
 
-    A tree-sitter query finds them in C: about 4x faster than visiting every node from Python."""
+    A tree-sitter query finds them in C rather than visiting every node from Python."""
     import tree_sitter
 
     level_of = {node_type: level for level, types in NODE_TYPES[language].items() for node_type in types}
@@ -207,8 +196,6 @@ def to_json(sample: AstFimSample) -> str:
 
 def psm_ids(sample: AstFimSample, vocabulary) -> tuple[list[int], list[int]]:
     """(token ids, loss mask) of the PSM sample: loss on the middle and <|endoftext|> only."""
-    from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-
     special = vocabulary.special_ids
     prefix, suffix, middle = vocabulary.encode_batch([sample.prefix, sample.suffix, sample.middle])
     head = [special[FIM_PREFIX]] + prefix + [special[FIM_SUFFIX]] + suffix + [special[FIM_MIDDLE]]

@@ -12,53 +12,17 @@ with its reason, so `read == kept + sum(rejected)` holds exactly as in the pretr
 from __future__ import annotations
 
 import collections
-import dataclasses
+import hashlib
 import json
 import os
 from typing import Iterable, Iterator
 
 from data_pipelines import output
 from data_pipelines.document import Document, document_id
+from data_pipelines.sft import ast_fim
+from data_pipelines.sft.tally import Problem, Tally
 
 ROLES = ("system", "user", "assistant", "tool")
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    line: int
-    reason: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}: {self.detail}"
-
-
-class Tally:
-    """read / kept / rejected-by-reason, printable by the CLI; rejected problems keep their line numbers."""
-
-    def __init__(self):
-        self.kept = 0
-        self.rejected: collections.Counter[str] = collections.Counter()
-        self.problems: list[Problem] = []
-
-    def keep(self, count: int = 1) -> None:
-        self.kept += count
-
-    def reject(self, problem: Problem) -> None:
-        self.rejected[problem.reason] += 1
-        if len(self.problems) < 1000:  # the counts are exact; the details are a sample for humans
-            self.problems.append(problem)
-
-    @property
-    def read(self) -> int:
-        return self.kept + sum(self.rejected.values())
-
-    def as_dict(self) -> dict:
-        return {"read": self.read, "kept": self.kept, "rejected": dict(sorted(self.rejected.items()))}
-
-    def summary(self) -> str:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
-        return f"read {self.read}, kept {self.kept}, rejected {sum(self.rejected.values())} ({reasons})"
 
 
 def check_messages(messages) -> tuple[str, str] | None:
@@ -196,8 +160,6 @@ class DatasetWriter:
 
     def write(self, directory: str, num_shards: int = 1, stages: tuple[str, ...] = ("chatml",),
               config: dict | None = None) -> dict:
-        import hashlib
-
         by_shard: dict[int, list[tuple[str, bytes]]] = collections.defaultdict(list)
         for doc_id, example in self.examples.items():
             by_shard[output.shard_of(doc_id, num_shards)].append((doc_id, example))
@@ -241,11 +203,10 @@ def jsonl_to_shards(input_path: str, directory: str, name: str, num_shards: int 
         writer.add_conversation(record)
     config = {"input": input_path}
     if fim_samples_path:
-        from data_pipelines.sft import ast_fim
-
         if not 0.0 <= fim_share < 1.0:
             raise ValueError(f"fim_share must be in [0, 1), got {fim_share}")
         if vocabulary is None:
+            # imported here: the Qwen vocabulary loads seqio and TensorFlow, which plain JSONL validation never needs
             from qwencoder_jax.data.vocabulary import QwenVocabulary
 
             vocabulary = QwenVocabulary()

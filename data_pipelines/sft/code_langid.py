@@ -1,17 +1,6 @@
 """Programming-language identification of code snippets and instructions (report section 4.1).
 
-The report fine-tunes a CodeBERT on ~100 languages; we train a fastText classifier, which is what runs over
-a whole corpus on CPUs, on real code found on this machine and labelled by file extension
-(data_pipelines/languages.py): the Python standard library and site-packages, Debian's Go, Rust and Java source
-trees (golang-src, rust-src, openjdk-17-source's src.zip), Ruby and Perl libraries, node_modules, C/C++ headers,
-CMake modules, documentation. Files are split into train and held-out by a hash of their path relative to the
-tree they were found in (so the split is the same wherever that tree lives: a clone's own .venv, another prefix), a
-held-out file is never seen in training, and accuracy is measured per language on snippets of held-out files.
-
-Text is tokenised into identifier runs and punctuation runs ("def", "(", "):", "=>", "#include"), because which
-punctuation a language uses says as much as its keywords; character n-grams of words add robustness for short
-snippets. A snippet with almost no code (fewer than `min_code_tokens` tokens) is labelled "No Programming
-Language" without asking the model, as the report's tag for samples with no code.
+Design notes: docs/DATA.md, section `data_pipelines/sft/code_langid.py`.
 """
 
 from __future__ import annotations

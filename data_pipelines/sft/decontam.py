@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from data_pipelines.decontaminate import DecontaminationConfig, Decontaminator
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
 
 
 def conversation_text(record: dict) -> str:

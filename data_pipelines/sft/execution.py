@@ -1,15 +1,6 @@
 """Validation by execution (report section 4.1, "A multilingual sandbox for code verification").
 
-A sample's code and its tests are written into one program, compiled if the language needs it and run inside
-qwencoder_jax.eval.sandbox (bubblewrap: no network, read-only toolchains under /usr, a fresh writable working
-directory that is also HOME and holds every cache, e.g. GOCACHE). Exit status 0 means the tests passed. A sample
-is kept only when it passes (rejection sampling); otherwise it is rejected with its reason: `compile_error`
-(with the compiler's message), `test_failed`, `timeout`, `killed` (a resource limit), `no_code`
-(no code block of the language in the response), `unsupported_language`.
-
-The toolchains are Debian packages (scripts/apt-packages.txt): python3, nodejs, golang-go, rustc, default-jdk,
-gcc, g++, bash. Compile and run happen in one sandbox call (a small shell script), so the built program never
-leaves the sandbox; a compile failure exits with a dedicated status so it is told apart from a failing test.
+Design notes: docs/DATA.md, section `data_pipelines/sft/execution.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +9,8 @@ import dataclasses
 import re
 from typing import Mapping, Sequence
 
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
+from qwencoder_jax.eval import sandbox  # the bubblewrap sandbox: standard library only
 
 COMPILE_FAILED_STATUS = 97
 
@@ -96,8 +88,6 @@ def _outcome(result) -> Outcome:
 def job_for(language: str, program: str, wall_seconds: float = 60.0, cpu_seconds: float = 60.0,
             unsandboxed: bool = False) -> dict:
     """The keyword arguments of sandbox.run for one program (compile + run)."""
-    from qwencoder_jax.eval import sandbox
-
     if language not in TOOLCHAINS:
         raise ValueError(f"no toolchain for {language!r}; supported: {sorted(TOOLCHAINS)}")
     toolchain = TOOLCHAINS[language]
@@ -108,14 +98,10 @@ def job_for(language: str, program: str, wall_seconds: float = 60.0, cpu_seconds
 
 
 def run_program(language: str, program: str, **options) -> Outcome:
-    from qwencoder_jax.eval import sandbox
-
     return _outcome(sandbox.run(**job_for(language, program, **options)))
 
 
 def run_programs(pairs: Sequence[tuple[str, str]], workers: int = 2, **options) -> list[Outcome]:
-    from qwencoder_jax.eval import sandbox
-
     results = sandbox.run_many([job_for(language, program, **options) for language, program in pairs], workers)
     return [_outcome(result) for result in results]
 

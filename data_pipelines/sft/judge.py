@@ -17,7 +17,7 @@ import json
 import re
 from typing import Callable, Sequence
 
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
 from data_pipelines.sft.models import ModelError
 
 

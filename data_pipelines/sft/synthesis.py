@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from typing import Callable, Iterable, Sequence
 
-from data_pipelines.sft.chatml import Problem, Tally
+from data_pipelines.sft.tally import Problem, Tally
 from data_pipelines.sft.models import ModelError
 
 INSTRUCTION_PROMPT = """You are given a {language} code snippet from a real project.

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from qwencoder_jax import checkpoints
-from qwencoder_jax.convert.common import (ConversionError, check_output_dir, expected_hf_names, matrix_names,
-                                          params_from_hf)
-from qwencoder_jax.kernels.packed import GGUF_TYPES, PackedWeight
+from qwencoder_jax.convert.common import ConversionError, check_output_dir, params_from_hf
+from qwencoder_jax.cpu_decode.packed import GGUF_TYPES, PackedWeight
 from qwencoder_jax.model.config import DTYPES, ModelConfig, YarnScaling
+from qwencoder_jax.model.hf_names import expected_hf_names, matrix_names
 
 # GGUF architecture -> (q/k/v carry a bias, Q/K rows were interleaved by llama.cpp's converter)
 ARCHITECTURES = {"llama": (False, True), "qwen2": (True, False)}
@@ -209,7 +209,7 @@ def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
     """The file's projection and head weights that are stored as Q4_0 / Q4_1 / Q8_0 blocks, kept packed, by
     Hugging Face name in HF's [out, in] layout (Q/K rows of `llama` files put back in rotate-halves order, as
     `read_gguf` does for the float values). Weights of other types are left out: decoding multiplies by their
-    float values. See qwencoder_jax.kernels.packed for the format and qwencoder_jax.model.packed_weights for use.
+    float values. See qwencoder_jax.cpu_decode.packed for the format and qwencoder_jax.cpu_decode.packed_weights for use.
     """
     file = GGUFFile(path)
     config = model_config_from_gguf(file)

@@ -26,9 +26,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from qwencoder_jax import checkpoints
-from qwencoder_jax.convert.common import (ConversionError, check_output_dir, expected_hf_names, hf_from_params,
-                                          params_from_hf)
+from qwencoder_jax.convert.common import ConversionError, check_output_dir, hf_from_params, params_from_hf
 from qwencoder_jax.model.config import ModelConfig, YarnScaling
+from qwencoder_jax.model.hf_names import expected_hf_names
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"

@@ -1,1 +1,1 @@
-"""Data into the model: vocabularies, FIM and repo-level formats (DESIGN.md, "Formats that must be exact")."""
+"""Data into the model: vocabularies, FIM and repo-level formats (docs/FORMATS.md)."""

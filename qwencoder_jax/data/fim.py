@@ -1,42 +1,6 @@
-"""Fill-in-the-middle and repo-level sample formats (DESIGN.md; report Figures 3 and 4), as text and as token ids.
+"""Fill-in-the-middle and repo-level sample formats (docs/FORMATS.md; report Figures 3 and 4), as text and as token ids.
 
-File level, a document becomes one of
-  PSM   <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}<|endoftext|>
-  SPM   <|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}{middle}<|endoftext|>
-  plain {document}<|endoftext|>
-with FIM applied at `fim_rate` (0.5, report section 3.2.1) and SPM taking `spm_rate` of the FIM samples. The split is
-at two uniformly drawn character positions (Bavarian et al. 2022), so prefix + middle + suffix == document.
-SPM is the variant of Bavarian et al. appendix D that StarCoder's Megatron-LM training code and Code Llama use:
-the sentinels keep PSM's order and prefix runs straight into middle, so one model can serve both forms. The
-Qwen2.5-Coder report shows only PSM (Figure 3) and its released models are prompted in PSM, so spm_rate defaults
-to 0.
-
-Repo level (stage 2), the files of a repository in the caller's order (e.g. dependency order) become
-  <|repo_name|>{repo}\\n<|file_sep|>{path1}\\n{content1}\\n<|file_sep|>{path2}\\n{content2}<|endoftext|>
-and with FIM (same rate) the LAST file is the one infilled; the others stay whole as its context (Figure 4):
-  <|repo_name|>{repo}\\n<|file_sep|>{path1}\\n{content1}\\n<|file_sep|>{path2}\\n<|fim_prefix|>{pre}<|fim_suffix|>...
-The trailing <|endoftext|> of the plain repo sample is ours: DESIGN.md's repo string is the body, and every sample
-needs the document terminator that its FIM form already has.
-
-Token ids are built by tokenising the text pieces separately and inserting the special ids, never by tokenising
-special-token strings: a literal "<|endoftext|>" inside source code stays ordinary text (and is counted). For
-ordinary text the result equals `vocabulary.encode(sample_text, allow_special=True)`.
-
-Randomness is a numpy Generator seeded from a hash of (seed, document key): the same document gets the same sample in
-every process, epoch order and restart, independent of global state (put the epoch in the key for a new split per
-epoch).
-
-Truncation rule (`truncate_ids`), for a maximum length in tokens:
-  1. cut between ids only, so a special token is never split;
-  2. a FIM block must keep its <|fim_middle|> and at least one token after it; otherwise the whole block goes, with
-     the <|file_sep|>{path} header of the file being infilled (a prefix/suffix with nothing to predict teaches no
-     infilling, and a trailing <|fim_middle|> would teach stopping right after it);
-  3. structural tokens left dangling at the end (<|repo_name|>, <|file_sep|>, <|im_start|>, FIM sentinels) go;
-  4. a cut sample has no <|endoftext|>: the document did not end there.
-The sample builders do better than a blind cut where they can: a long file-level FIM document is cut as text before
-it is split, so it stays a FIM sample; a long repo-level FIM sample keeps its header and the infilled file and drops
-whole context files from the end. Only when the FIM block cannot fit at all do they rebuild the sample without FIM
-(counted), so truncation never loses a whole document.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/fim.py`.
 """
 
 from __future__ import annotations
@@ -196,7 +160,7 @@ def fim_text(pieces: FimPieces) -> str:
 
 
 def repo_text(repo_name: str, files: Sequence[tuple[str, str]]) -> str:
-    """DESIGN.md's repo-level body: header line, then `<|file_sep|>{path}\\n{content}` joined by newlines."""
+    """The repo-level body (docs/FORMATS.md): header line, then `<|file_sep|>{path}\\n{content}` joined by newlines."""
     return f"{REPO_NAME}{repo_name}\n" + "\n".join(f"{FILE_SEP}{path}\n{content}" for path, content in files)
 
 

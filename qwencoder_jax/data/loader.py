@@ -1,33 +1,6 @@
 """The training feed: a registered seqio task or mixture, read natively on grain, packed and batched.
 
-Which library does what, and why:
-  seqio (tasks.py)  names and registry (gin binds mixture names), preprocessing definitions, tf.data inspection,
-                    evaluation. Its tf.data iterators cannot be checkpointed mid-epoch cheaply, and its feature
-                    converters mistake token 0 for padding (vocabulary.py), so training does not read through it.
-  grain (here)      the training feed. `tasks.resolve(name)` gives each task's SourceSpec and document rate; each
-                    source becomes a grain MapDataset over `shards.RecordSource` (random access into the TFRecords),
-                    so sharding, shuffling and mixing are index arithmetic: exact rates, exact resume from a small
-                    state, no shuffle buffers. Documents are built by the same samples.build_documents as the task.
-
-Pipeline, per source:   records[process_index::process_count] -> shuffle(seed; a new order every epoch) -> repeat
-                        -> build documents (samples.py; a long file gives several windows)
-then:                   mix(record rates) -> flatten records into documents, counting bad input -> shift -> pack
-                        -> batch -> worker processes (mp_prefetch: each worker takes every num_workers-th record).
-Batches are dicts of int32 [batch_size, sequence_length] (packing.ROW_FEATURES), for this process only.
-Rates are per record, i.e. per document for sources whose documents fit a row (tasks.py says how to set token
-rates); a dropped (bad) record leaves its slot empty, so bad input lowers its source's share by its own rate.
-
-Determinism: the stream is a function of (sources, rates, seed, process_index/count, num_workers, packing
-config); change any and the stream changes. Resume: `iterator.get_state()` is a small dict; save it with the model
-through orbax (`checkpoint_args` / `save_state`), restore it into an iterator built with the same config, and the
-next batches are the ones an uninterrupted run would have seen (tests/test_loader.py checks this across processes).
-
-Worker processes: grain's multiprocessing reads absl flags, which plain scripts never parse (grain issue 1355);
-`make_iterator` marks them parsed. Scripts that use num_workers > 0 need an `if __name__ == "__main__":` guard.
-Each worker unpickles the vocabulary (a seqio.Vocabulary, so it imports seqio and TensorFlow): starting the
-workers takes 10-20 s on 2 cores. Call `iterator.close()` when done, or grain's shared-memory finalisers complain
-at interpreter exit. With num_workers = 0 the feed runs in the calling thread (one core; see
-benchmarks/loader_throughput.py for what one core delivers).
+Design notes: docs/DATA.md, section `qwencoder_jax/data/loader.py`.
 """
 
 from __future__ import annotations

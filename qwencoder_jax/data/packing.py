@@ -1,27 +1,6 @@
 """Packing documents into training rows of a fixed length, with segment ids, positions and loss masks.
 
-Rows hold, each int32 [length] (batched: [batch, length], names `*_bt` in the model):
-  input_ids    tokens fed to the model
-  targets      the token to predict at each position
-  segment_ids  1, 2, ... per document in the row; 0 = padding
-  positions    0, 1, ... restarting at every document (RoPE positions)
-  loss_mask    1 where the target is trained on: never on padding, never across a document boundary, and only on
-               the document's own mask (SFT: assistant tokens)
-  source_ids   the document's `source_id` (the loader numbers a mixture's sources 1, 2, ...; loader.source_names);
-               0 = padding or a document without one. Lets the trainer report the loss per source.
-
-Shift inside the document. Each document of n tokens becomes input_ids = ids[:-1], targets = ids[1:] before
-packing, so no target is ever a token of another document: the first token of a document is never predicted from
-its predecessor's last token, by construction rather than by masking. The price is one position per document (its
-last token is never an input), which is why sample builders cut documents to length + 1 tokens.
-
-Why grain's packer. `grain.experimental.FirstFitPackIterDataset` tracks documents itself (it writes
-`{feature}_segment_ids` and `{feature}_positions` from element boundaries, never from token values: see the
-padding hazard in vocabulary.py), pads with what we ask, checkpoints its state exactly (the parent's state at the
-start of the pending packed batch, plus the row index) and runs inside grain's worker processes. It packs first-fit
-into `num_packing_bins` rows at a time; a document that does not fit any open row closes the group. We only add the
-shift before and the renaming + loss-mask rule after. `pack_rows` is a plain numpy reference of the same layout,
-used by tests and by callers outside grain.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/packing.py`.
 """
 
 from __future__ import annotations
@@ -79,34 +58,3 @@ def pack_dataset(shifted: grain.IterDataset, config: PackingConfig) -> grain.Ite
         seed=config.seed, shuffle_bins=config.shuffle_rows,
         padding_struct={"input_ids": PAD_ID, "targets": PAD_ID, "loss_mask": 0, "source_ids": 0})
     return packed.map(_finish_row)
-
-
-def pack_rows(documents: list[dict[str, np.ndarray]], sequence_length: int) -> dict[str, np.ndarray]:
-    """Reference packer: shifted documents in order, next-fit (a new row when the next one does not fit).
-
-    Vectorised per row: one concatenate per feature, no per-token Python.
-    """
-    rows: list[list[dict]] = [[]]
-    used = 0
-    for document in documents:
-        size = len(document["input_ids"])
-        if used + size > sequence_length and rows[-1]:
-            rows.append([])
-            used = 0
-        rows[-1].append(document)
-        used += size
-    out = {name: np.zeros((len(rows), sequence_length), np.int32) for name in ROW_FEATURES}
-    out["input_ids"][:] = PAD_ID
-    out["targets"][:] = PAD_ID
-    for row_index, row in enumerate(rows):
-        if not row:
-            continue
-        sizes = np.asarray([len(d["input_ids"]) for d in row])
-        total = int(sizes.sum())
-        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
-        for name in _PACKED:
-            out[name][row_index, :total] = np.concatenate(
-                [d[name] if name in d else np.zeros(len(d["input_ids"]), np.int32) for d in row])
-        out["segment_ids"][row_index, :total] = np.repeat(np.arange(1, len(row) + 1), sizes)
-        out["positions"][row_index, :total] = np.arange(total) - starts
-    return out

@@ -1,30 +1,11 @@
 """One record in, training documents out: the per-kind sample builders shared by the seqio tasks and the grain loader.
 
-A document is `{"ids": int32 [n], "loss_mask": int32 [n]}` where loss_mask[i] says whether token i is a training
-target (everything in pretraining; assistant turns in SFT). Both training paths call `build_documents`, so a seqio
-task and the grain feed of the same source produce the same documents.
-
-Kinds (FORMAT.md `kind`):
-  code_file  `text` -> file-level FIM (fim.py, FimConfig.fim_rate) + <|endoftext|>
-  code_repo  `repo_name`, `paths`, `contents` -> repo-level sample, repo-level FIM on the last file
-  text, math `text` -> text + <|endoftext|>, no FIM (the report applies FIM to code only)
-  sft        `messages` (JSON list of {role, content}) -> ChatML; loss on assistant content and its <|im_end|>
-Any kind: a record carrying an int64 `token_ids` feature (and optionally `loss_mask`) is pre-tokenised and used as
-is, only cut to the maximum length. That is how `pretokenize` copies of a dataset are read.
-
-Long files are split, not truncated. A code/text/math document longer than `max_tokens` (the training length + 1:
-the packer shifts inside each document, so n tokens fill n - 1 positions) is tokenised once and cut into windows of
-`max_tokens - 8` tokens; each window is a document of its own (one segment), FIM-planned on its own text with the key
-`{id}#{window}`, and only the last window ends with <|endoftext|> (the file ends there). Plain windows reuse the ids
-of that one pass; FIM windows (fim.py's char-level split) reuse them too except near the cuts, where the pieces are
-tokenised afresh from the last line start before to the first after (`_PieceIds`). The 8 spare
-tokens hold the FIM sentinels, EOS and the merges the FIM cuts can break. A document that fits is exactly what
-fim.file_sample_ids makes of it. Repo-level and SFT samples are cut (fim.py's repo rule; SFT keeps its start).
-Every split, cut, dropped or altered document is counted by reason in a fim.BadInputCounter; nothing raises.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/samples.py`.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 
@@ -205,7 +186,7 @@ def _last_safe(text: str, start: int, end: int) -> int | None:
 class _PieceIds:
     """Stands in for the vocabulary in fim.fim_ids: the ids of the prefix/middle/suffix of one window, taken from
     the document's single tokenisation between safe restart points and tokenised afresh only near the cuts.
-    Equal to tokenising each piece on its own (tests/test_data_tasks.py checks it against fim.fim_ids)."""
+    Equal to tokenising each piece on its own (tests/data/test_data_tasks.py checks it against fim.fim_ids)."""
 
     def __init__(self, text, window_start, pieces, ids_all, starts, vocabulary):
         self.special_ids = vocabulary.special_ids
@@ -218,8 +199,6 @@ class _PieceIds:
             offset += len(piece)
 
     def encode_batch(self, texts):
-        import bisect
-
         plans, fresh = [], []
         for piece in texts:
             start, end = self._spans[piece]

@@ -1,15 +1,6 @@
 """Reading (and, for tests and pre-tokenising, writing) the TFRecord-of-tf.train.Example shards of FORMAT.md.
 
-Random access. Training needs exact, cheap resume and per-process sharding, which grain gives a source with
-`__len__` and `__getitem__`. A TFRecord file is a sequence of `[uint64 length][uint32 crc][data][uint32 crc]`, so one
-pass over the 12-byte headers (seeks, no data read) indexes every record; `RecordSource` then reads record i with one
-seek + read. The index is a few bytes per record and pickles with the source into grain's worker processes.
-
-Parsing without TensorFlow. `tf.train.Example` is a small protobuf; importing TensorFlow in every grain worker
-costs seconds and hundreds of MB, so `parse_example` decodes the wire format itself (the three list types of
-FORMAT.md). It raises MalformedRecord on anything it cannot read; callers count it and go on. CRCs are not
-verified (it would need crc32c, absent from the standard library); a torn record shows up as a length that runs
-past the end of the file (the rest of that file is skipped, counted) or as a proto that does not parse.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/shards.py`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The special tokens of DESIGN.md (report Table 2) and the Qwen2.5 vocabulary sizes.
+"""The special tokens (docs/FORMATS.md, report Table 2) and the Qwen2.5 vocabulary sizes.
 
 A module of its own so that text transforms (fim.py) can use them without importing seqio and TensorFlow.
 The ids are part of the checkpoint format: never renumber them.

@@ -1,29 +1,6 @@
 """The seqio registry of our data: one task per source (code files, code repos, text, math, SFT) and the mixtures.
 
-Add a source (an ablation, a new language) in a few lines:
-
-    from qwencoder_jax.data import tasks
-    tasks.register_source("go_code", "runs/data/go_code", "code_file")     # dataset dir with manifest.json
-    tasks.register_mixture("stage1_with_go", {"stdlib_code": 60, "go_code": 10, "docs_text": 20, "mmath": 10})
-
-A task reads the FORMAT.md shards of its dataset directory (`FunctionDataSource` over the manifest's files: one
-reader, `shards.RecordSource`, for seqio and grain alike), builds each record's document with samples.py (FIM and
-repo assembly through fim.py, ChatML for SFT, tokenising with the Qwen vocabulary) and has two output features:
-`targets` (token ids, the whole document incl. its <|endoftext|>) and `loss_mask` (1 on tokens trained on).
-
-What seqio is used for: the registry (task and mixture names that gin binds), inspecting and evaluating a task
-through tf.data (`seqio.get_mixture_or_task(name).get_dataset(...)`), and `seqio.Evaluator`. Training reads the
-same registry through loader.py, which rebuilds each task's source on grain for exact resume and packing. Never
-feed these tasks to seqio's feature converters for training: they derive padding and segments from `token != 0`
-(see vocabulary.py); packing.py tracks documents instead.
-
-Mixture rates are in DOCUMENTS (examples drawn from each task), as in seqio and grain's `mix`; strictly, in records,
-which is the same as long as documents fit the training row (a longer file becomes several windows: samples.py).
-For token proportions, convert with `document_rates_for_token_rates` using each task's mean tokens per record
-(`mean_record_tokens`), since documents of different sources differ in length by large factors
-(tests/test_data_tasks.py checks both: document shares within 1% of 70:20:10, and token shares within 1% after
-conversion). The report's mixtures (`register_recipe_mixtures`) are token proportions by default: the report's
-code:text:math 7:2:1 is a share of training tokens.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/tasks.py`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Vocabularies as seqio.Vocabulary: the real Qwen2.5 byte-level BPE, and small SentencePiece models for experiments.
 
-Both expose `special_ids` (token text -> id for the DESIGN.md specials) and `encode(text, allow_special=False)`, so
-FIM and repo-level code (qwencoder_jax/data/fim.py) works with either. Special tokens are produced from text only when
-the caller asks for it: source code that happens to contain the string "<|endoftext|>" must not end a document.
-
-Padding. seqio's feature converters pad with the literal id 0 and compute loss weights and packed segment ids as
-`token != 0`, whatever `vocabulary.pad_id` says. In the Qwen vocabulary id 0 is the real token "!", so those
-converters would silently drop the loss on every "!", and the tf-ops packer (pack=True) also cuts one token off the
-end of an example per "!" in it (seen on seqio 0.0.20). Training must take loss weights and segment ids from a
-packer that tracks documents, never from token values. Given that, the Qwen vocabulary reports pad_id =
-<|endoftext|> (151643), as the published Qwen tokenizer does: besides cache statistics, the only seqio code that
-reads `pad_id` is `decode_tf`, which overwrites everything after the first EOS with it, and padding with EOS keeps
-that consistent with Python `decode` (which stops at the first EOS). The SentencePiece models reserve a real <pad>
-piece at id 0, so there seqio's convention holds as is.
+Design notes: docs/DATA.md, section `qwencoder_jax/data/vocabulary.py`.
 """
 
 from __future__ import annotations
@@ -41,7 +29,7 @@ def default_tokenizer_file() -> pathlib.Path:
 
 
 def _check_tokenizer_data(data: dict, path: str) -> list[dict]:
-    """Validates the tokenizer.json content against DESIGN.md; returns the added tokens to keep (ids < NUM_TOKENS)."""
+    """Validates the tokenizer.json content against docs/FORMATS.md; returns the added tokens to keep (ids < NUM_TOKENS)."""
     vocab = data.get("model", {}).get("vocab", {})
     if data.get("model", {}).get("type") != "BPE" or len(vocab) != NUM_REGULAR_TOKENS:
         raise ValueError(f"{path}: expected a byte-level BPE model with {NUM_REGULAR_TOKENS} regular tokens, found "
@@ -53,7 +41,7 @@ def _check_tokenizer_data(data: dict, path: str) -> list[dict]:
     for name, expected in SPECIAL_TOKENS.items():
         found = by_content.get(name)
         if found != expected:
-            raise ValueError(f"{path}: special token {name} has id {found}, DESIGN.md requires {expected}; "
+            raise ValueError(f"{path}: special token {name} has id {found}, docs/FORMATS.md requires {expected}; "
                              "this is not the Qwen2.5 tokenizer, pass the right tokenizer.json")
     if [t["id"] for t in kept] != list(range(NUM_REGULAR_TOKENS, NUM_TOKENS)):
         raise ValueError(f"{path}: added tokens must fill ids {NUM_REGULAR_TOKENS}..{NUM_TOKENS - 1} exactly")
@@ -279,7 +267,7 @@ _SPECIAL_PATTERN = re.compile("(" + "|".join(re.escape(name) for name in SPECIAL
 
 
 class SentencePieceCodeVocabulary(seqio.SentencePieceVocabulary):
-    """A seqio.SentencePieceVocabulary with the DESIGN.md specials looked up by name, and Qwen's encode contract.
+    """A seqio.SentencePieceVocabulary with the docs/FORMATS.md specials looked up by name, and Qwen's encode contract.
 
     The specials are user-defined pieces, which SentencePiece always matches in text; `encode` therefore splits
     them out itself and, unless allow_special, spells their text with byte-fallback pieces so that no special id
@@ -384,7 +372,7 @@ def train_sentencepiece(corpus, model_prefix: str | os.PathLike, vocab_size: int
     corpus: file paths and/or texts (an iterable, or a single path). Settings chosen for code: byte_fallback so any
     text round-trips; identity normalisation with whitespace kept verbatim (no NFKC, no dummy "▁" prefix, no
     collapsing of spaces); digits split one by one as in Qwen's pre-tokenizer; id 0 = <pad>, 1 = <unk>, then the
-    DESIGN.md specials as user-defined symbols (<|endoftext|> = 2 is the EOS). `trainer_options` override any
+    docs/FORMATS.md specials as user-defined symbols (<|endoftext|> = 2 is the EOS). `trainer_options` override any
     SentencePieceTrainer flag.
     """
     import sentencepiece  # seqio already imports it; local so that the dependency is visible here

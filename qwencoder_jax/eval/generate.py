@@ -12,9 +12,9 @@ applied to the decoded text on the host once the batch is done).
 Tokenizers: a checkpoint directory may hold a `tokenizer.json` (the GGUF converter writes the one stored in the
 GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size gets the Qwen2.5 tokenizer.
 
-Weights: a GGUF conversion keeps the file's Q4_0/Q4_1/Q8_0 projections packed beside the float params, and decode
-steps multiply by those (qwencoder_jax.model.packed_weights): the same values, a quarter to an eighth of the bytes
-to read per token. `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
+CPU decoding: unsharded on CPU, decode steps run their projections on the CPU kernels (qwencoder_jax.cpu_decode):
+the few-row matmul, and a GGUF conversion's packed Q4_0/Q4_1/Q8_0 weights (same values, a quarter to an eighth of
+the bytes per token). `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from qwencoder_jax import assets, sharding
-from qwencoder_jax.model import kv_cache, packed_weights
+from qwencoder_jax import assets, checkpoints, sharding
+from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.config import QWEN_VOCAB_SIZE, ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 
@@ -111,8 +111,6 @@ class Tokenizer:
 
 def tokenizer_for_checkpoint(path: str | os.PathLike, config: ModelConfig) -> Tokenizer:
     """The checkpoint's own tokenizer.json, else the Qwen2.5 tokenizer for a Qwen-vocabulary model."""
-    from qwencoder_jax import checkpoints
-
     directory = checkpoints.resolve_checkpoint_dir(path)
     for candidate in (directory / TOKENIZER_FILE, Path(path).absolute() / TOKENIZER_FILE):
         if candidate.is_file():
@@ -129,20 +127,30 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def _cpu_decoding(mesh) -> bool:
+    """Unsharded decoding on CPU takes the CPU kernels (they have no sharding rule and no TPU/GPU lowering)."""
+    return mesh is None and jax.default_backend() == "cpu"
+
+
+def _cpu_decode():
+    # imported here: the CPU decode stack (C++ kernels, packed weights) stays out of TPU/GPU processes
+    from qwencoder_jax.cpu_decode import packed_weights
+
+    return packed_weights
+
+
 class Generator:
     def __init__(self, model: Transformer, params: Any, tokenizer: Any, *, mesh=None, max_batch_size: int = 8,
                  packed: dict[str, Any] | None = None):
-        """packed: block-quantised weights by Hugging Face name (a GGUF conversion's, `checkpoints.load_packed`):
+        """packed: block-quantised weights by Hugging Face name (a GGUF conversion's, `packed_weights.load`):
         decode steps multiply by them instead of the float params, reading 4.5-8.5 bits per weight instead of 32
-        (same values, qwencoder_jax.kernels.packed). Unsharded decoding only: on a mesh they are not used."""
+        (same values, qwencoder_jax.cpu_decode.packed). Unsharded CPU decoding only: elsewhere they are not used."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         config = model.config
         if config.scan_layers:
             # Decoding runs one module per layer: under nn.scan every step copies each layer's cache slice in and
-            # out of the stacked cache, which made decoding about half as fast (benchmarks/decode_throughput.py).
-            from qwencoder_jax import checkpoints
-
+            # out of the stacked cache (slower: `--layouts scan` of benchmarks/decode_throughput.py).
             config = config.replace(scan_layers=False)
             model, params = Transformer(config), checkpoints.unstack_layers(params, config.num_layers)
         self.model, self.tokenizer, self.mesh, self.max_batch_size = model, tokenizer, mesh, max_batch_size
@@ -157,10 +165,12 @@ class Generator:
             params = jax.device_put(params, sharding.shard_params(boxed, mesh))
             self._batch_parts = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
         self.params = params
-        self.packed = None
-        if packed and mesh is None:
-            packed_weights.check(model.config, packed)
-            self.packed = jax.tree.map(jnp.asarray, packed)
+        self.packed, self.cpu_decode = None, None  # cpu_decode: the module whose `use` the decode steps enter
+        if _cpu_decoding(mesh):
+            self.cpu_decode = _cpu_decode()
+            if packed:
+                self.cpu_decode.check(model.config, packed)
+                self.packed = jax.tree.map(jnp.asarray, packed)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, tokenizer: Any = None, mesh=None, max_batch_size: int = 8,
@@ -168,14 +178,12 @@ class Generator:
         """A generator on a converted or training checkpoint; `tokenizer` is a tokenizer object or a path to a
         tokenizer.json (default: see `tokenizer_for_checkpoint`); overrides are execution options.
         packed_weights: decode from the checkpoint's packed weights when it has them (GGUF conversions)."""
-        from qwencoder_jax import checkpoints
-
         model, params = checkpoints.load(path, **{"scan_layers": False, **model_overrides})
         if tokenizer is None:
             tokenizer = tokenizer_for_checkpoint(path, model.config)
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = Tokenizer.from_file(tokenizer)
-        packed = checkpoints.load_packed(path) if packed_weights else None
+        packed = _cpu_decode().load(path) if packed_weights and _cpu_decoding(mesh) else None
         return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed)
 
     # --- ids ---------------------------------------------------------------------------------------------
@@ -214,8 +222,8 @@ class Generator:
             ids_bp[r, prompt_slots - len(ids):] = ids
             lengths_b[r], active_b[r], sample_ids_b[r] = len(ids), True, sample_id
         inputs = (ids_bp, lengths_b, active_b, sample_ids_b)
-        # the few-row kernel has no sharding rule: XLA's dots when decoding on a mesh
-        decode = kv_cache.make_decoder(self.model, cache_length, self.eos_ids, few_rows_kernel=self.mesh is None)
+        step_scope = self.cpu_decode.use if self.cpu_decode else None
+        decode = kv_cache.make_decoder(self.model, cache_length, self.eos_ids, step_scope=step_scope)
         options = (np.int32(sampling.max_new_tokens), np.uint32(sampling.seed), np.float32(sampling.temperature),
                    np.int32(sampling.top_k), np.float32(sampling.top_p))
         if self.mesh is None:

@@ -1,24 +1,6 @@
 """Run untrusted programs (model-written code, test harnesses) inside a bubblewrap sandbox.
 
-Standard library only: SFT data tools and evaluation workers import this without jax.
-
-Isolation, per run:
-  * bubblewrap (`bwrap --unshare-all`): no network (a private network namespace with only loopback), a new PID
-    namespace (the program sees only its own processes; `kill -9 -1` reaches nothing outside), private IPC/UTS,
-    a read-only view of /usr (plus the /bin, /lib* links), a minimal read-only /etc, a private /tmp, and a fresh
-    writable working directory as cwd. Nothing else of the host (no /root, no /home, no repository) is visible.
-  * a real, unprivileged host uid per concurrent run (when we are root). The kernel does not enforce
-    RLIMIT_NPROC for root, so a fork bomb run as root would only be stopped by the machine running out of
-    processes; as an ordinary uid, and one not shared with any other run, RLIMIT_NPROC caps it, and after the
-    run every process of that uid is killed, whatever it did to its own process group.
-  * rlimits (via util-linux `prlimit`, so no Python code runs between fork and exec): CPU seconds, address space,
-    process count, file size, no core files; a wall-clock timeout; captured stdout/stderr capped.
-
-Limits are per process: a program may hold up to `max_processes * memory_bytes` of address space in total.
-The working directory lives on the host disk: a program can fill it with files up to `file_size_bytes` each.
-Toolchains under /usr work as they are (gcc, g++, node, go, Debian's rustc); the JVM reserves more than 2 GiB of
-address space by default, so run java/javac with `-Xmx256m -XX:CompressedClassSpaceSize=64m
--XX:ReservedCodeCacheSize=64m` (javac: each prefixed with -J) or raise `memory_bytes`.
+Design notes: docs/GENERATION.md, section `qwencoder_jax/eval/sandbox.py`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import apply_rope, dense_init, dtype_of, with_logical_axes
 
@@ -105,12 +104,6 @@ def _mesh_size(mesh, axes) -> int:
     return math.prod(mesh.shape[name] for name in ((axes,) if isinstance(axes, str) else axes))
 
 
-# How queries are laid out over the sequence shards under context parallelism: "zigzag" (balanced causal work,
-# two ppermutes of q in and of the output back per layer) or "contiguous" (no exchange, unbalanced).
-CONTEXT_PARALLEL_LAYOUTS = ("zigzag", "contiguous")
-context_parallel_layout = "zigzag"
-
-
 def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe, k_bske, v_bske, segment_ids_bt):
     """Splash attention with the sequence sharded: each device keeps its L = t / S queries, all-gathers keys,
     values and their segment ids over the sequence axes (S x the K/V bytes per layer, as MaxText's all-gather
@@ -120,8 +113,9 @@ def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe,
 
     Load balance: with contiguous shards, under the causal mask device i (of S) computes (2i + 1) / S times the
     mean share of score blocks (the last about twice the mean, the first 1 / S of it), and the step waits for the
-    last. So by default (`context_parallel_layout = "zigzag"`) each device first trades query halves with others
-    (two ppermutes) so that it attends halves i and 2S-1-i of the sequence, one early and one late: equal work.
+    last. So by default (`ModelConfig.context_parallel_layout = "zigzag"`) each device first trades query halves
+    with others (two ppermutes) so that it attends halves i and 2S-1-i of the sequence, one early and one late:
+    equal work.
     The kernel's mask is the causal mask in that row order (`splash.ZigZagCausalMask`); keys stay in natural
     order, and the outputs travel back the same way. The activations elsewhere keep their natural layout.
     """
@@ -135,12 +129,9 @@ def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe,
                          f"mesh axes {length_axes} (size {shards}); change the sequence length or the mesh")
     local_heads = h // _mesh_size(mesh, q_spec[2])
     block = splash.context_parallel_block_size(t // shards, config.splash_block_size)
-    if context_parallel_layout not in CONTEXT_PARALLEL_LAYOUTS:
-        raise ValueError(f"context_parallel_layout {context_parallel_layout!r} is not one of "
-                         f"{CONTEXT_PARALLEL_LAYOUTS}")
     axis_names = (length_axes,) if isinstance(length_axes, str) else tuple(length_axes)
     # the half exchange addresses devices along one mesh axis; a sequence over several axes stays contiguous
-    zigzag = context_parallel_layout == "zigzag" and len(axis_names) == 1
+    zigzag = config.context_parallel_layout == "zigzag" and len(axis_names) == 1
     kernel = splash.context_parallel_kernel(local_heads, t, block, shards, jax.default_backend() != "tpu",
                                             zigzag=zigzag)
     # the mask metadata's axes are [heads (identical masks: one entry), query blocks]; split the second
@@ -194,7 +185,7 @@ def cached_attention(q_bthe, k_bkse, v_bkse, query_slots_bt, segment_ids_bt, kv_
     scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1)
     # Output in the dot's natural [b, k, g, t, e] order, transposed after: asking the einsum for [b, t, k, g, e]
-    # made XLA's CPU backend fall back to a generic loop 9x slower at 1,600 cached slots.
+    # makes XLA's CPU backend fall back to a generic loop (docs/BENCHMARKS.md, design figures).
     out_bkgte = jnp.einsum("bkgts,bkse->bkgte", probs_bkgts.astype(v_bkse.dtype), v_bkse)
     return jnp.transpose(out_bkgte, (0, 3, 1, 2, 4)).reshape(b, t, h, e)
 
@@ -227,8 +218,7 @@ class Attention(nn.Module):
             return nn.DenseGeneral(
                 (heads, cfg.head_dim), use_bias=cfg.attention_bias, dtype=compute, param_dtype=param,
                 kernel_init=with_logical_axes(dense_init(), ("embed", heads_axis, "head_dim")),
-                bias_init=with_logical_axes(nn.initializers.zeros, (heads_axis, "head_dim")),
-                dot_general=few_rows.dot_general, name=name)
+                bias_init=with_logical_axes(nn.initializers.zeros, (heads_axis, "head_dim")), name=name)
 
         q_bthe = projection("q_proj", cfg.num_heads, "q_heads")(x_btd)
         k_bske = projection("k_proj", cfg.num_kv_heads, "kv_heads")(x_btd)
@@ -246,8 +236,7 @@ class Attention(nn.Module):
 
         return nn.DenseGeneral(
             cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=compute, param_dtype=param,
-            kernel_init=with_logical_axes(dense_init(), ("q_heads", "head_dim", "embed")),
-            dot_general=few_rows.dot_general, name="o_proj")(out_bthe)
+            kernel_init=with_logical_axes(dense_init(), ("q_heads", "head_dim", "embed")), name="o_proj")(out_bthe)
 
     def _with_cache(self, q_bthe, k_bske, v_bske, segment_ids_bt):
         if self.decode not in ("prefill", "step"):

@@ -13,6 +13,9 @@ from typing import Any, Mapping
 ATTENTION_BACKENDS = ("xla", "splash", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
+# How queries are laid out over the sequence shards under context parallelism: "zigzag" (balanced causal work,
+# two ppermutes of q in and of the output back per layer) or "contiguous" (no exchange, unbalanced).
+CONTEXT_PARALLEL_LAYOUTS = ("zigzag", "contiguous")
 
 QWEN_VOCAB_SIZE = 151_936  # padded embedding size of the published checkpoints
 
@@ -61,6 +64,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     splash_block_size: int = 512  # query/key block of the splash kernel (clipped to the sequence length)
+    context_parallel_layout: str = "zigzag"  # splash with the sequence sharded: CONTEXT_PARALLEL_LAYOUTS
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -75,6 +79,9 @@ class ModelConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention_backend {self.attention_backend!r}; "
                              f"choose one of {ATTENTION_BACKENDS}")
+        if self.context_parallel_layout not in CONTEXT_PARALLEL_LAYOUTS:
+            raise ValueError(f"unknown context_parallel_layout {self.context_parallel_layout!r}; "
+                             f"choose one of {CONTEXT_PARALLEL_LAYOUTS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose one of {REMAT_POLICIES}")
         for name in ("param_dtype", "compute_dtype"):

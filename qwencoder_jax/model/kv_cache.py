@@ -2,30 +2,20 @@
 
     decode_fn = make_decoder(model, cache_length=256, eos_ids=(151643,))
     tokens_bn, steps = decode_fn(params, prompt_ids_bp, prompt_lengths_b, active_b, sample_ids_b,
-                                 max_new_tokens, seed, temperature, top_k, top_p, packed=None)
+                                 max_new_tokens, seed, temperature, top_k, top_p)
 
-Layout of a batch: prompts are LEFT-padded to a common length P, so every row's last prompt token sits in slot
-P - 1 and every decode step writes the same cache slot for all rows (one dynamic_update_slice). Each row keeps
-its own RoPE positions (slot - padding, so padding never shifts a prompt), and padded slots carry segment id 0,
-which no real token has: they are never attended to. The cache (flax "cache" collection, per layer: key/value
-[b, k, s, e] with k = num_kv_heads, segment_ids [b, s], index []) has s = cache_length >= P + max_new_tokens slots.
-
-The loop stops when `max_new_tokens` tokens are out or every row has produced an end token; there is no host
-round trip per token. Rows that have finished (or are batch padding, `active_b` False) emit -1 from then on.
-Sampling: greedy (temperature 0) or temperature / top-k / top-p; row r's random stream is
-fold_in(fold_in(key(seed), sample_ids_b[r]), step), so a sample does not depend on which batch it lands in.
+Design notes: docs/MODEL.md, section `qwencoder_jax/model/kv_cache.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
-from qwencoder_jax.model import packed_weights
 from qwencoder_jax.model.layers import dtype_of
 from qwencoder_jax.model.transformer import Transformer, output_projection
 
@@ -97,23 +87,25 @@ def _last_logits(model: Transformer, params: Any, hidden_bd: jnp.ndarray) -> jnp
 
 @functools.lru_cache(maxsize=64)
 def make_decoder(model: Transformer, cache_length: int, eos_ids: tuple[int, ...],
-                 few_rows_kernel: bool = True) -> Callable:
+                 step_scope: Callable[..., ContextManager] | None = None) -> Callable:
     """A jitted `(params, prompt_ids_bp, prompt_lengths_b, active_b, sample_ids_b, max_new_tokens, seed,
     temperature, top_k, top_p, packed=None) -> (tokens_bn [b, cache_length - P] int32, steps [])`; prompts
-    left-padded (any pad id), lengths >= 1, max_new_tokens <= cache_length - P. `packed`: block-quantised
-    weights by Hugging Face name (`qwencoder_jax.model.packed_weights`), which the decode steps multiply by
-    instead of the float params (the prefill uses the float params). One compilation per (batch, P) shape; cached per
-    (model, cache_length, eos_ids, few_rows_kernel), so generators of equal models share compilations.
+    left-padded (any pad id), lengths >= 1, max_new_tokens <= cache_length - P. One compilation per (batch, P)
+    shape; cached per (model, cache_length, eos_ids, step_scope), so generators of equal models share them.
 
-    few_rows_kernel: decode steps compute their float32 matmuls with `qwencoder_jax.kernels.few_rows` on CPU
-    (elsewhere, or where it does not apply, they are XLA's dots). It has no sharding rule: pass False when the
-    parameters or the batch are sharded over several devices."""
+    step_scope: how the decode steps compute their projections, entered at trace time around each step as
+    `step_scope(model.config, packed)`; None: as the model writes them (XLA's dots). The CPU decoder passes
+    `qwencoder_jax.cpu_decode.packed_weights.use` (few-row kernel, and `packed` block-quantised weights by
+    Hugging Face name); the prefill always uses the float params."""
     if not eos_ids:
         raise ValueError("decoding needs at least one end-of-sequence token id")
     eos_e = tuple(int(i) for i in eos_ids)
 
     def decode(params, prompt_ids_bp, prompt_lengths_b, active_b, sample_ids_b, max_new_tokens, seed, temperature,
                top_k, top_p, packed=None):
+        if packed and step_scope is None:
+            raise ValueError("packed weights need a step_scope that multiplies by them "
+                             "(qwencoder_jax.cpu_decode.packed_weights.use)")
         b, p = prompt_ids_bp.shape
         new_slots = cache_length - p
         if new_slots < 1:
@@ -140,7 +132,8 @@ def make_decoder(model: Transformer, cache_length: int, eos_ids: tuple[int, ...]
             tokens_bn = jax.lax.dynamic_update_slice(tokens_bn, token_b[:, None], (0, step))
             done_b = done_b | jnp.any(token_b[:, None] == eos_ids_e[None, :], axis=-1)
             fed_b1 = jnp.maximum(token_b, 0)[:, None]  # finished rows feed a harmless id; their output is ignored
-            with few_rows.enabled(few_rows_kernel), packed_weights.use(model.config, packed):
+            scope = step_scope(model.config, packed) if step_scope else contextlib.nullcontext()
+            with scope:
                 logits_b1v, mutated = model.apply({"params": params, "cache": cache}, fed_b1,
                                                   jnp.ones((b, 1), jnp.int32), (prompt_lengths_b + step)[:, None],
                                                   decode="step", mutable=["cache"])

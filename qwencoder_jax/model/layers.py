@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
 from qwencoder_jax.model.config import ModelConfig, YarnScaling, yarn_attention_factor
 
 # The standard deviation of the published Qwen2 initialiser (`initializer_range`).
@@ -133,8 +132,7 @@ class MLP(nn.Module):
         def projection(name, features, axes):
             return nn.DenseGeneral(features, use_bias=False, dtype=dtype_of(cfg.compute_dtype),
                                    param_dtype=dtype_of(cfg.param_dtype),
-                                   kernel_init=with_logical_axes(dense_init(), axes),
-                                   dot_general=few_rows.dot_general, name=name)
+                                   kernel_init=with_logical_axes(dense_init(), axes), name=name)
 
         gate_btf = projection("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x_btd)
         up_btf = projection("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x_btd)

@@ -4,13 +4,7 @@
     logits_btv = model.apply({"params": params}, input_ids_bt)                   # one document per row
     logits_btv = model.apply({"params": params}, input_ids_bt, segment_ids_bt, positions_bt)   # packed rows
 
-Parameter tree (scanned layers stack a leading [num_layers] axis; unrolled ones are `layers_0`, `layers_1`...):
-    embed/embedding [v, d]
-    layers/{input_norm, post_attention_norm}/scale [d]
-    layers/attention/{q,k,v}_proj/{kernel [d, heads, e], bias [heads, e]}, o_proj/kernel [h, e, d]
-    layers/mlp/{gate_proj, up_proj}/kernel [d, f], down_proj/kernel [f, d]
-    final_norm/scale [d]
-    lm_head/kernel [d, v]           (untied models only; tied models reuse embed/embedding)
+Design notes: docs/MODEL.md, section `qwencoder_jax/model/transformer.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax.kernels import few_rows
 from qwencoder_jax.model.attention import Attention
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.layers import MLP, RMSNorm, dense_init, dtype_of, rope_cos_sin
@@ -77,11 +70,12 @@ class Embed(nn.Module):
         return head_logits(x_btd, self.embedding.astype(x_btd.dtype), transposed=True)
 
 
-def head_logits(x_btd: jnp.ndarray, projection: jnp.ndarray, transposed: bool = False) -> jnp.ndarray:
+def head_logits(x_btd: jnp.ndarray, projection: jnp.ndarray, transposed: bool = False,
+                dot_general=jax.lax.dot_general) -> jnp.ndarray:
     """Float32 logits [b, t, v] of hidden states against the head's matrix: [d, v], or [v, d] when `transposed`
-    (a tied embedding table). Through `few_rows.dot_general`: the decode-step kernel on CPU when enabled."""
+    (a tied embedding table). `dot_general`: the CPU decode step passes its kernel's (cpu_decode)."""
     dims = (((2,), (1,) if transposed else (0,)), ((), ()))
-    return few_rows.dot_general(x_btd, projection, dims, preferred_element_type=jnp.float32)
+    return dot_general(x_btd, projection, dims, preferred_element_type=jnp.float32)
 
 
 class LMHead(nn.Module):

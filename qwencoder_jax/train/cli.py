@@ -33,11 +33,11 @@ GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
 @gin.configurable
 def model_config(preset: str = gin.REQUIRED, rope_theta: float | None = None, compute_dtype: str | None = None,
                  remat_policy: str | None = None, attention_backend: str | None = None,
-                 overrides: dict | None = None) -> ModelConfig:
+                 context_parallel_layout: str | None = None, overrides: dict | None = None) -> ModelConfig:
     """A preset by name; the stage sets rope_theta, the machine the execution fields, `overrides` anything else
     (e.g. {"vocab_size": 151936} for the tiny preset on real data)."""
     named = {"rope_theta": rope_theta, "compute_dtype": compute_dtype, "remat_policy": remat_policy,
-             "attention_backend": attention_backend}
+             "attention_backend": attention_backend, "context_parallel_layout": context_parallel_layout}
     return get_preset(preset, **{k: v for k, v in named.items() if v is not None}, **dict(overrides or {}))
 
 
@@ -63,7 +63,7 @@ optimizer_config = gin.configurable("optimizer_config", allowlist=list(Optimizer
 @gin.configurable
 def loss_config(vocab_chunk_size: int = 0, token_chunk_size: int = 0, head_dtype: str | None = None) -> LossConfig:
     """The head + loss execution (train/loss.py): vocab_chunk_size > 0 fuses them over vocabulary chunks,
-    token_chunk_size > 0 over token chunks (loss_token_chunks.py); head_dtype="float32" computes the fused head's
+    token_chunk_size > 0 over token chunks (train/loss.py); head_dtype="float32" computes the fused head's
     matmuls in float32 (faster than bfloat16 on CPU)."""
     return LossConfig(vocab_chunk_size=vocab_chunk_size, token_chunk_size=token_chunk_size, head_dtype=head_dtype)
 
@@ -74,17 +74,19 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           loader: LoaderConfig = gin.REQUIRED, optimizer: OptimizerConfig = gin.REQUIRED,
           mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
-          inference_overrides: dict | None = None,
-          loss: LossConfig | None = None) -> tuple[TrainerConfig, dict]:
+          inference_overrides: dict | None = None, loss: LossConfig | None = None,
+          async_checkpoints: bool = True, peak_flops_per_second: float | None = None) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
-    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them)."""
+    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them);
+    peak_flops_per_second: the MFU denominator (None: measured once at start)."""
     sources = tuple(DataSource(*entry) for entry in data_sources)
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig())
+                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig(),
+                           async_checkpoints=async_checkpoints, peak_flops_per_second=peak_flops_per_second)
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})

@@ -1,7 +1,8 @@
-"""A pure, sharded training step: `train_step(state, batch) -> (state, metrics)` with optax AdamW.
+"""A pure, sharded training step: `train_step(state, batch) -> (state, metrics)` with the optax optimizer
+of train/optimizer.py.
 
     model = Transformer(config)
-    optimizer = adamw(learning_rate=3e-4)
+    optimizer = make_optimizer(OptimizerConfig())        # train/optimizer.py
     mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=-1))
     state, state_shardings = init_train_state(model, optimizer, mesh, jax.random.key(0))
     step_fn = jit_train_step(model, optimizer, mesh, state_shardings)
@@ -25,8 +26,8 @@ import optax
 
 from qwencoder_jax import sharding
 from qwencoder_jax.model.transformer import output_projection
-from qwencoder_jax.train.loss import LossConfig, cross_entropy, fused_head_cross_entropy
-from qwencoder_jax.train.loss_token_chunks import token_chunked_head_cross_entropy
+from qwencoder_jax.train.loss import (LossConfig, cross_entropy, fused_head_cross_entropy,
+                                      token_chunked_head_cross_entropy)
 
 BATCH_KEYS = ("input_ids", "targets", "segment_ids", "positions", "loss_weights", "source_ids")
 
@@ -36,14 +37,6 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-
-
-def adamw(learning_rate: float | optax.Schedule = 3e-4, weight_decay: float = 0.1, b1: float = 0.9,
-          b2: float = 0.95, clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping (the Qwen/Llama-style default; the training issue owns the schedule)."""
-    transforms = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-    transforms.append(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay))
-    return optax.chain(*transforms)
 
 
 def loss_fn(model: nn.Module, params: Any, batch: dict[str, jax.Array], z_loss: float = 0.0,
@@ -165,11 +158,6 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, 
     # and the rules would pin the flat array with the 3-axis spec. out_shardings alone lays the result out.
     state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings
-
-
-def place_state(state: TrainState, shardings: TrainState) -> TrainState:
-    """An existing (e.g. single-device or restored) state moved into the given layout."""
-    return jax.device_put(state, shardings)
 
 
 def batch_shardings(mesh, batch: dict[str, Any], rules=sharding.LOGICAL_AXIS_RULES) -> dict[str, Any]:

@@ -84,7 +84,6 @@ class TrainerConfig:
     num_devices: int | None = None  # None: every device; else the first num_devices (tests)
     peak_flops_per_second: float | None = None  # MFU denominator; None: measured once at start (f32 matmul)
     progress_bar: bool = True
-    debug_nan_at_step: int | None = None  # test hook: the batch of this step gets a NaN loss weight
 
     def __post_init__(self):
         if self.total_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
@@ -218,9 +217,6 @@ class Trainer:
     def _device_batch(self, batch: dict, step: int) -> dict:
         batch = dict(batch)
         weights = batch.pop("loss_mask").astype(np.float32)
-        if self.config.debug_nan_at_step is not None and step + 1 == self.config.debug_nan_at_step:
-            weights = weights.copy()
-            weights[0, 0] = np.nan
         batch["loss_weights"] = weights
         return {key: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(batch[key]))
                 for key in step_lib.BATCH_KEYS}

@@ -1,4 +1,0 @@
-"""The ablation runner's parts: sweep specs (spec.py), running variants (runner.py), the comparison table (collect.py).
-
-The command line is `python -m qwencoder_jax.ablate` (qwencoder_jax/ablate.py).
-"""
