@@ -7,14 +7,18 @@ Gin binds only these top-level constructors: `train` (the run), `model_config` (
 `loader_config`, `optimizer_config`, `loss_config`, and the mesh (qwencoder_jax.sharding.mesh_config_from_shape,
 gin/mesh.gin).
 Every binding is parsed, and every configurable called, before any data is read or any array built: an unknown
-or mistyped name fails with gin's own message first. The operative config lands in WORKDIR/operative_config.gin.
+or mistyped macro, configurable or parameter fails first with one line naming it and the closest known names
+(train/gin_check.py; `--debug` shows the traceback). The operative config lands in WORKDIR/operative_config.gin.
 `--gin.KEY=VALUE` is `KEY = VALUE` in gin syntax (strings need their quotes: --gin.X='"a"').
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +27,7 @@ import gin
 from qwencoder_jax import sharding
 from qwencoder_jax.data.loader import LoaderConfig
 from qwencoder_jax.model.config import ModelConfig, get_preset
+from qwencoder_jax.train import gin_check
 from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig
 from qwencoder_jax.train.trainer import DataSource, TrainerConfig
@@ -91,9 +96,24 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parses the files then the bindings; a binding of a macro no file uses (a typo) is a GinConfigError."""
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    with _quiet_gin_includes():
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    gin_check.check_macros(bindings)
+
+
+@contextlib.contextmanager
+def _quiet_gin_includes():
+    """gin logs `ERROR:root:Path not found: base.gin` for every include it then finds on the search path."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def build(workdir: str) -> tuple[TrainerConfig, dict]:
@@ -108,6 +128,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'KEY = VALUE'")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--dry_run", action="store_true", help="parse, bind and write the config; train nothing")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a configuration error")
     return parse_with_gin_flags(parser, argv)
 
 
@@ -127,8 +148,14 @@ def parse_with_gin_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -
 
 def main(argv: Sequence[str]) -> int:
     args, bindings = split_arguments(argv)
-    parse(args.gin_file, bindings)
-    config, inference_overrides = build(args.workdir)
+    try:
+        parse(args.gin_file, bindings)
+        config, inference_overrides = build(args.workdir)
+    except Exception as error:  # a configuration mistake: one line (the traceback only with --debug)
+        if args.debug:
+            raise
+        print(f"error: {gin_check.describe(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "operative_config.gin").write_text(gin.operative_config_str())
