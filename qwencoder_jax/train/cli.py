@@ -80,16 +80,21 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
           inference_overrides: dict | None = None,
-          loss: LossConfig | None = None) -> tuple[TrainerConfig, dict]:
+          loss: LossConfig | None = None, restart_if_unrestorable: bool = False,
+          allow_schedule_change: bool = False) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
-    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them)."""
+    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them);
+    restart_if_unrestorable: start again from step 0 when the workdir's checkpoints exist but none restores (else
+    the run stops); allow_schedule_change: resume although total_steps or the optimizer config changed."""
     sources = tuple(DataSource(*entry) for entry in data_sources)
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig())
+                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig(),
+                           restart_if_unrestorable=restart_if_unrestorable,
+                           allow_schedule_change=allow_schedule_change)
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})
@@ -165,11 +170,18 @@ def main(argv: Sequence[str]) -> int:
         print(f"dry run: config written to {workdir / 'operative_config.gin'}")
         return 0
     from qwencoder_jax import distributed
-    from qwencoder_jax.train.trainer import Trainer
+    from qwencoder_jax.checkpoints import CheckpointError
+    from qwencoder_jax.train.trainer import ResumeError, Trainer
 
     distributed.initialize()  # multi-process runs (env from launch/local.py, or a TPU pod); else a no-op
 
-    result = Trainer(config).run()
+    try:
+        result = Trainer(config).run()
+    except (ResumeError, CheckpointError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"stopped: {result.stop_reason} at step {result.final_step}; last good checkpoint "
           f"{result.last_good_checkpoint} in {workdir / 'checkpoints'}")
     return 0 if result.stop_reason in ("completed", "preempted") else 1
