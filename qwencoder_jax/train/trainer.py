@@ -404,16 +404,20 @@ def _main_thread() -> bool:
 
 
 class _SummaryWriter:
-    """TensorBoard scalars through flax's writer (imported lazily: it imports TensorFlow)."""
+    """TensorBoard scalars through the tensorboard package's own event writer: no TensorFlow import (which costs
+    seconds and, on a CPU-only host, logs a CUDA probe failure)."""
 
     def __init__(self, directory: Path):
-        from flax.metrics import tensorboard
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self._writer = tensorboard.SummaryWriter(str(directory))
+        self._writer = EventFileWriter(str(directory))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            self._writer.scalar(name, value, step)
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+                                             for name, value in values.items()])
+        self._writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
 
     def close(self) -> None:
         self._writer.flush()
