@@ -81,20 +81,23 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
           inference_overrides: dict | None = None,
           loss: LossConfig | None = None, restart_if_unrestorable: bool = False,
-          allow_schedule_change: bool = False) -> tuple[TrainerConfig, dict]:
+          allow_schedule_change: bool = False,
+          stall_timeout_seconds: float | None = 600.0) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
     WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them);
     restart_if_unrestorable: start again from step 0 when the workdir's checkpoints exist but none restores (else
-    the run stops); allow_schedule_change: resume although total_steps or the optimizer config changed."""
+    the run stops); allow_schedule_change: resume although total_steps or the optimizer config changed;
+    stall_timeout_seconds: a multi-process run in which no step finished for this long stops (train/watchdog.py)."""
     sources = tuple(DataSource(*entry) for entry in data_sources)
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
                            init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig(),
                            restart_if_unrestorable=restart_if_unrestorable,
-                           allow_schedule_change=allow_schedule_change)
+                           allow_schedule_change=allow_schedule_change,
+                           stall_timeout_seconds=stall_timeout_seconds)
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})

@@ -92,6 +92,8 @@ class TrainerConfig:
     debug_nan_at_step: int | None = None  # test hook: the batch of this step gets a NaN loss weight
     restart_if_unrestorable: bool = False  # checkpoints exist but none restores: start from step 0 (else stop)
     allow_schedule_change: bool = False  # resume although total_steps or the optimizer config changed
+    # Multi-process runs: no step finished for this long (after the first) ends the process (train/watchdog.py).
+    stall_timeout_seconds: float | None = 600.0
 
     def __post_init__(self):
         if self.total_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
@@ -294,6 +296,11 @@ class Trainer:
         writer = _SummaryWriter(self.workdir / "tensorboard") if jax.process_index() == 0 else None
         metrics_file = _open_metrics(self.workdir / "metrics.jsonl", start) if jax.process_index() == 0 else None
         progress = _progress_bar(config, start)
+        watchdog = None
+        if jax.process_count() > 1 and config.stall_timeout_seconds:
+            from qwencoder_jax.train.watchdog import Watchdog
+
+            watchdog = Watchdog(config.stall_timeout_seconds).start()
         losses: dict[int, float] = {}
         stop_reason, final_step = "completed", start
         pending = None  # (step, device metrics) not yet read
@@ -308,6 +315,8 @@ class Trainer:
             now = time.perf_counter()
             step_time, last_time = now - last_time, now
             losses[step] = values["loss"]
+            if watchdog:
+                watchdog.progress(step)
             if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
                 return False
             if step % config.log_every == 0 or step == config.total_steps:
@@ -357,6 +366,8 @@ class Trainer:
                           f"stopped without saving; the last good checkpoint is step {last_good}")
             self.manager.wait_until_finished()
         finally:
+            if watchdog:
+                watchdog.close()
             progress.close()
             if metrics_file:
                 metrics_file.close()
