@@ -159,9 +159,17 @@ def main(argv: list[str] | None = None) -> int:
             scorer = quality_module.OpenAICompatibleScorer(
                 quality_module.EndpointConfig(base_url=arguments.endpoint, model=arguments.model))
             docs = documents(arguments.source)[: arguments.limit]
-            scores = quality_module.educational_scores(docs, scorer)
+            failures: dict[str, int] = {}
+            scores = quality_module.educational_scores(docs, scorer, failures)
             rows = [{"id": d.id, "path": f"{d.repo_name}/{d.path}", "score": s} for d, s in zip(docs, scores)]
-            print(json.dumps({"scored": sum(s is not None for s in scores), "failed": scores.count(None)}))
+            scored = sum(s is not None for s in scores)
+            print(json.dumps({"scored": scored, "failed": scores.count(None), "failure_reasons": failures}))
+            if docs and not scored:
+                with open(arguments.output, "w") as handle:
+                    handle.writelines(json.dumps(row) + "\n" for row in rows)
+                reason = max(failures, key=failures.get)
+                print(f"error: no document was scored ({len(docs)} failed; {reason})", file=sys.stderr)
+                return 1
         with open(arguments.output, "w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
         return 0

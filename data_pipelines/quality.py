@@ -185,14 +185,20 @@ class OpenAICompatibleScorer:
                            f"(last: {last_error}); check that the server is up or raise timeout_seconds")
 
 
-def educational_scores(docs: Sequence[Document], scorer: Callable[[str], str]) -> list[int | None]:
-    """0-5 per document; None where the completion had no parsable score or the endpoint kept failing."""
+def educational_scores(docs: Sequence[Document], scorer: Callable[[str], str],
+                       failures: dict[str, int] | None = None) -> list[int | None]:
+    """0-5 per document; None where the completion had no parsable score or the endpoint kept failing. Each
+    failure's reason is counted in `failures` (reason -> documents) when given."""
     scores = []
     for doc in docs:
         try:
-            scores.append(parse_educational_score(scorer(educational_prompt(doc))))
-        except RuntimeError:
-            scores.append(None)
+            score = parse_educational_score(scorer(educational_prompt(doc)))
+            reason = None if score is not None else "the completion held no score 0-5"
+        except RuntimeError as error:
+            score, reason = None, str(error).splitlines()[0]
+        scores.append(score)
+        if reason is not None and failures is not None:
+            failures[reason] = failures.get(reason, 0) + 1
     return scores
 
 

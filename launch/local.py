@@ -1,6 +1,7 @@
 """Run N JAX processes on this machine, as a pod would run one per host.
 
     python launch/local.py --num-processes 2 --devices-per-process 2 -- python -m some.entry --flag ...
+    python launch/local.py --num-processes 2 --dry-run -- python -m some.entry   # print each process's command
 
 Each process gets QWENCODER_COORDINATOR (a free local port), QWENCODER_NUM_PROCESSES, QWENCODER_PROCESS_ID and
 XLA_FLAGS=--xla_force_host_platform_device_count=D, so `qwencoder_jax.distributed.initialize()` connects them.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -44,6 +46,20 @@ def process_env(process_id: int, num_processes: int, devices_per_process: int, p
     if heartbeat_timeout_seconds is not None:
         env["QWENCODER_HEARTBEAT_TIMEOUT_SECONDS"] = str(heartbeat_timeout_seconds)
     return env
+
+
+def dry_run_lines(command: Sequence[str], num_processes: int, devices_per_process: int,
+                  heartbeat_timeout_seconds: int | None = None) -> list[str]:
+    """One shell line per process: the variables the launcher sets, then the command (nothing is started)."""
+    port = free_port()
+    names = ("XLA_FLAGS", "JAX_PLATFORMS", "QWENCODER_COORDINATOR", "QWENCODER_NUM_PROCESSES",
+             "QWENCODER_PROCESS_ID", "QWENCODER_HEARTBEAT_TIMEOUT_SECONDS")
+    lines = []
+    for process_id in range(num_processes):
+        env = process_env(process_id, num_processes, devices_per_process, port, heartbeat_timeout_seconds)
+        assignments = " ".join(f"{name}={shlex.quote(env[name])}" for name in names if name in env)
+        lines.append(f"{assignments} {shlex.join(command)}")
+    return lines
 
 
 def _stream(prefix: str, pipe, sink) -> None:
@@ -126,11 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
     parser.add_argument("--heartbeat-timeout", type=int, default=None,
                         help="jax.distributed heartbeat timeout in seconds (passed through the environment)")
+    parser.add_argument("--dry-run", action="store_true", help="print each process's command and run nothing")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command every process runs")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given: add `-- python -m your.entry ...`")
+    if args.dry_run:
+        print("\n".join(dry_run_lines(command, args.num_processes, args.devices_per_process, args.heartbeat_timeout)))
+        return 0
     return launch(command, args.num_processes, args.devices_per_process, args.timeout, args.grace,
                   args.heartbeat_timeout)
 

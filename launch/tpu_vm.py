@@ -89,7 +89,7 @@ def copy_and_install_commands(run: TpuRun) -> list[list[str]]:
         commands.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", ARCHIVE, f"{node}:{ARCHIVE}",
                          "--worker=all", *run.gcloud_scope()])
     install = (f"mkdir -p ~/{REMOTE_DIR} && tar -xzf {ARCHIVE} -C ~/{REMOTE_DIR} && cd ~/{REMOTE_DIR} && "
-               f"pip install -q -r requirements.txt 'jax[tpu]=={JAX_VERSION}' && pip install -q -e .")
+               f"pip install -q -r requirements-tpu.txt 'jax[tpu]=={JAX_VERSION}' && pip install -q --no-deps -e .")
     commands.append(remote(run, install))
     return commands
 

@@ -29,11 +29,51 @@ CONFIG_ITEM = "model_config"
 PACKED_ITEM = "packed_weights"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, in one or two lines: the checkpoint, the item, the array, the cause."""
+
+
 def _handler() -> ocp.CompositeCheckpointHandler:
-    # every item of a model checkpoint registered, so that reading one of them does not warn about the others
+    # Every item of a model or training checkpoint registered, so that reading some of them does not warn
+    # ("Item ... was found in the checkpoint, but could not be restored") about the others. The training items
+    # (optimizer state, trainer JSON, grain iterator state) are only ever restored by the trainer.
+    import grain
+
     return ocp.CompositeCheckpointHandler(**{PARAMS_ITEM: ocp.StandardCheckpointHandler(),
                                              PACKED_ITEM: ocp.StandardCheckpointHandler(),
-                                             CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+                                             CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+                                             "opt_state": ocp.StandardCheckpointHandler(),
+                                             "trainer": ocp.JsonCheckpointHandler(),
+                                             "data": grain.checkpoint.CheckpointHandler()})
+
+
+def describe_restore_error(error: BaseException) -> str:
+    """The readable part of an orbax/TensorStore restore error: which array, and the innermost cause (orbax's own
+    message carries a ~2,000-character TensorStore spec and leaves the cause to the exception's context)."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    text = " | ".join(str(e) for e in chain)
+    array = re.search(r'Error reading "([^"/]+)', text)
+    innermost = str(chain[-1]).splitlines()[0] if chain and str(chain[-1]).strip() else type(chain[-1]).__name__
+    innermost = re.sub(r"\s*\[tensorstore_spec=.*", "", innermost)
+    innermost = re.sub(r"See full TensorStore details:.*", "", innermost).strip()
+    code = re.match(r"([A-Z_]+): ", innermost)
+    if '": ' in innermost:  # TensorStore nests "Error opening/reading "X": ..." prefixes; the cause comes last
+        innermost = (code.group(0) if code else "") + innermost.rsplit('": ', 1)[-1]
+    if len(innermost) > 300:
+        innermost = innermost[:300] + "..."
+    return (f"array {array.group(1)}: " if array else "") + f"{type(chain[-1]).__name__}: {innermost}"
+
+
+def _restore(directory: Path, items: dict) -> dict:
+    try:
+        return _checkpointer().restore(directory, ocp.args.Composite(**items))
+    except Exception as error:
+        names = ", ".join(sorted(items))
+        raise CheckpointError(f"checkpoint {directory}, item {names}: {describe_restore_error(error)}") from None
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -64,8 +104,7 @@ def save_model(directory: str | os.PathLike, config: ModelConfig, params: Any, *
 
 def restore_item(directory: Path, item: str) -> Any:
     """One item of a model checkpoint directory as saved (on this process's first device)."""
-    return _checkpointer().restore(directory, ocp.args.Composite(**{
-        item: ocp.args.StandardRestore(_local_target(directory, item))}))[item]
+    return _restore(directory, {item: ocp.args.StandardRestore(_local_target(directory, item))})[item]
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -90,7 +129,7 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     if not config_dir.is_dir():
         raise FileNotFoundError(f"checkpoint {directory} has no '{CONFIG_ITEM}' item; it was not written by "
                                 "qwencoder_jax (convert it with `python -m qwencoder_jax.convert`)")
-    restored = _checkpointer().restore(directory, ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
+    restored = _restore(directory, {CONFIG_ITEM: ocp.args.JsonRestore()})
     return ModelConfig.from_dict(restored[CONFIG_ITEM])
 
 
@@ -100,7 +139,10 @@ def _local_target(directory: Path, item: str = PARAMS_ITEM) -> Any:
     Restoring without a target asks orbax to rebuild the saved shardings, which fails ("topology mismatch") for a
     checkpoint written by several processes or on a mesh this host does not have; an explicit single-device target
     makes any checkpoint readable on one host (evaluation, notebooks, conversion)."""
-    metadata = _checkpointer().metadata(directory).item_metadata[item]
+    try:
+        metadata = _checkpointer().metadata(directory).item_metadata[item]
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {directory}, item {item}: {describe_restore_error(error)}") from None
     device = jax.local_devices()[0]
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
         device)), metadata)
@@ -120,7 +162,7 @@ def load_params_sharded(path: str | os.PathLike, target: Any) -> Any:
     with `.sharding` set (e.g. from qwencoder_jax.train.step.state_shardings). Each process reads only the shards
     its devices hold, which is what multi-host runs need (no host materialises the whole model)."""
     directory = resolve_checkpoint_dir(path)
-    restored = _checkpointer().restore(directory, ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
+    restored = _restore(directory, {PARAMS_ITEM: ocp.args.StandardRestore(target)})
     return restored[PARAMS_ITEM]
 
 

@@ -42,7 +42,7 @@ def check(sweep: Sweep, workdir: str | Path) -> dict[str, str]:
     """Parses and binds every variant (no data read, no array built); returns {variant: operative config}."""
     import gin
 
-    from qwencoder_jax.train import cli
+    from qwencoder_jax.train import cli, gin_check
 
     configs = {}
     # gin logs "Path not found" at ERROR for every include it then finds on its search path: noise here.
@@ -55,7 +55,7 @@ def check(sweep: Sweep, workdir: str | Path) -> dict[str, str]:
                 cli.build(str(Path(workdir) / variant.name))
                 configs[variant.name] = gin.config_str()
             except Exception as error:  # gin raises several types; all mean the variant's config is wrong
-                raise SweepError(f"variant {variant.name!r} does not bind: {type(error).__name__}: {error}") from error
+                raise SweepError(f"variant {variant.name!r} does not bind: {gin_check.describe(error)}") from error
     finally:
         gin.clear_config()
         root_logger.setLevel(level)

@@ -1,8 +1,8 @@
 """Perplexity and bits per byte of a model on held-out documents, per data source.
 
 A data source is a data_pipelines output directory (manifest.json + TFRecord shards, FORMAT.md); the split read is
-`EvalOptions.perplexity_split` ("validation" by default), its first `perplexity_documents` scorable records (the
-task-wide `limit` does not apply). Each record's plain text is scored as a language model sees it without FIM:
+`EvalOptions.perplexity_split` ("validation" by default), its first `perplexity_documents` scorable records (fewer
+when the task-wide `limit` is smaller). Each record's plain text is scored as a language model sees it without FIM:
 `<|endoftext|>` + tokens of the text, so every token of the text is predicted. Text per kind: code_file / text /
 math: `text`; code_repo: each file as "path\ncontent" joined by "\n"; sft: the messages' contents joined by "\n".
 Pre-tokenised records (no text to count bytes of) are skipped and counted.
@@ -63,35 +63,62 @@ def load_texts(dataset_dir: str, split: str, limit: int) -> tuple[list[str], dic
 
 
 class Scorer:
-    """Summed next-token negative log-likelihood of token windows, one compilation per padded length."""
+    """Summed next-token negative log-likelihood of token windows.
 
-    def __init__(self, model, params, max_tokens: int):
+    Windows of the same padded length are scored `batch_size` at a time (one compilation per padded length), and
+    the head and its log-softmax run fused over vocabulary chunks (train/loss.py's fused_head_cross_entropy): the
+    [batch, length, vocab] float32 logits never exist. Per-window sums come from the loss's per-source sums, each
+    row of the batch being its own source."""
+
+    def __init__(self, model, params, max_tokens: int, batch_size: int = 8, vocab_chunk_size: int = 8192):
         import jax
-        import jax.numpy as jnp
 
-        self.params, self.max_tokens = params, max_tokens
+        from qwencoder_jax.model.transformer import output_projection
+        from qwencoder_jax.train.loss import fused_head_cross_entropy
 
-        def nll_sum(params, ids_bt, valid_bt):
-            logits_btv = model.apply({"params": params}, ids_bt[:, :-1]).astype(jnp.float32)
-            log_probs_btv = jax.nn.log_softmax(logits_btv, axis=-1)
-            target_log_probs_bt = jnp.take_along_axis(log_probs_btv, ids_bt[:, 1:, None], axis=-1)[..., 0]
-            return -jnp.sum(target_log_probs_bt * valid_bt[:, 1:])
+        self.params, self.max_tokens, self.batch_size = params, max_tokens, batch_size
+        chunk = min(vocab_chunk_size, model.config.vocab_size)
 
-        self._nll_sum = jax.jit(nll_sum)
+        def nll_sums(params, ids_bt, valid_bt):
+            x_btd = model.apply({"params": params}, ids_bt[:, :-1], return_hidden=True)
+            rows_bt = jax.numpy.broadcast_to(jax.numpy.arange(1, ids_bt.shape[0] + 1)[:, None], valid_bt[:, 1:].shape)
+            _, stats = fused_head_cross_entropy(x_btd, output_projection(model.config, params).T, ids_bt[:, 1:],
+                                                valid_bt[:, 1:], source_ids_bt=rows_bt, num_sources=ids_bt.shape[0],
+                                                chunk_size=chunk, head_dtype="float32")
+            return stats["loss_sum_by_source"][1:]
+
+        self._nll_sums = jax.jit(nll_sums)
+
+    def windows(self, ids: Sequence[int]) -> list[list[int]]:
+        """A document's windows of at most max_tokens + 1 ids (consecutive windows share one id: each id after
+        the first is predicted exactly once)."""
+        return [list(ids[start:start + self.max_tokens + 1]) for start in range(0, len(ids) - 1, self.max_tokens)]
+
+    def score(self, windows: Sequence[Sequence[int]], progress=None) -> list[float]:
+        """Nats of each window, computed in batches of windows padded to the same power-of-two length."""
+        nats = [0.0] * len(windows)
+        by_length: dict[int, list[int]] = {}
+        for index, window in enumerate(windows):
+            by_length.setdefault(max(64, 1 << (len(window) - 1).bit_length()), []).append(index)
+        for padded, indices in sorted(by_length.items()):
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start:start + self.batch_size]
+                ids_bt = np.zeros((self.batch_size, padded), np.int32)  # a full batch: one shape per length
+                valid_bt = np.zeros((self.batch_size, padded), np.float32)
+                for row, index in enumerate(batch):
+                    ids_bt[row, :len(windows[index])] = windows[index]
+                    valid_bt[row, :len(windows[index])] = 1.0
+                sums = np.asarray(self._nll_sums(self.params, ids_bt, valid_bt))
+                for row, index in enumerate(batch):
+                    nats[index] = float(sums[row])
+                if progress is not None:
+                    progress.update(len(batch))
+        return nats
 
     def document(self, ids: Sequence[int]) -> tuple[float, int]:
         """(nats, predicted tokens) of one document's ids (ids[0] is the context token, never predicted)."""
-        nats, count = 0.0, 0
-        for start in range(0, len(ids) - 1, self.max_tokens):
-            window = list(ids[start:start + self.max_tokens + 1])
-            padded = max(64, 1 << (len(window) - 1).bit_length())
-            ids_bt = np.zeros((1, padded), np.int32)
-            valid_bt = np.zeros((1, padded), np.float32)
-            ids_bt[0, :len(window)] = window
-            valid_bt[0, :len(window)] = 1.0
-            nats += float(self._nll_sum(self.params, ids_bt, valid_bt))
-            count += len(window) - 1
-        return nats, count
+        windows = self.windows(ids)
+        return sum(self.score(windows)), sum(len(window) - 1 for window in windows)
 
 
 def run(generator, options: EvalOptions, process_index: int = 0, process_count: int = 1) -> list[dict]:
@@ -101,16 +128,36 @@ def run(generator, options: EvalOptions, process_index: int = 0, process_count: 
     scorer = Scorer(generator.model, generator.params, options.perplexity_max_tokens)
     start_id = generator.eos_ids[0]
     records = []
+    documents = options.perplexity_documents if options.limit is None else min(options.limit,
+                                                                               options.perplexity_documents)
     for name, directory in options.data_sources:
-        texts, skipped = load_texts(directory, options.perplexity_split, options.perplexity_documents)
+        texts, skipped = load_texts(directory, options.perplexity_split, documents)
         if process_index == 0:
             records.append({"index": -1, "source": name, "skipped": skipped})
-        for index, text in this_process(texts, process_index, process_count):
-            ids = [start_id, *generator.tokenizer.encode(text)]
-            nats, tokens = scorer.document(ids)
-            records.append({"index": index, "source": name, "nats": nats, "tokens": tokens,
-                            "bytes": len(text.encode("utf-8"))})
+        mine = this_process(texts, process_index, process_count)
+        windows, owners = [], []
+        for position, (index, text) in enumerate(mine):
+            for window in scorer.windows([start_id, *generator.tokenizer.encode(text)]):
+                windows.append(window)
+                owners.append(position)
+        progress = _progress(len(windows), f"perplexity {name}", process_index)
+        nats = scorer.score(windows, progress)
+        progress.close()
+        of_document: dict[int, list[int]] = {}
+        for window_index, owner in enumerate(owners):
+            of_document.setdefault(owner, []).append(window_index)
+        for position, (index, text) in enumerate(mine):
+            own = of_document.get(position, [])
+            records.append({"index": index, "source": name, "nats": sum(nats[i] for i in own),
+                            "tokens": sum(len(windows[i]) - 1 for i in own), "bytes": len(text.encode("utf-8"))})
     return records
+
+
+def _progress(total: int, description: str, process_index: int):
+    """A tqdm bar on a terminal (process 0 only); nothing in a log file."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="window", disable=None if process_index == 0 else True)
 
 
 def summarize(records: Sequence[dict]) -> dict[str, Any]:

@@ -7,14 +7,18 @@ Gin binds only these top-level constructors: `train` (the run), `model_config` (
 `loader_config`, `optimizer_config`, `loss_config`, and the mesh (qwencoder_jax.sharding.mesh_config_from_shape,
 gin/mesh.gin).
 Every binding is parsed, and every configurable called, before any data is read or any array built: an unknown
-or mistyped name fails with gin's own message first. The operative config lands in WORKDIR/operative_config.gin.
+or mistyped macro, configurable or parameter fails first with one line naming it and the closest known names
+(train/gin_check.py; `--debug` shows the traceback). The operative config lands in WORKDIR/operative_config.gin.
 `--gin.KEY=VALUE` is `KEY = VALUE` in gin syntax (strings need their quotes: --gin.X='"a"').
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +27,7 @@ import gin
 from qwencoder_jax import sharding
 from qwencoder_jax.data.loader import LoaderConfig
 from qwencoder_jax.model.config import ModelConfig, get_preset
+from qwencoder_jax.train import gin_check
 from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig
 from qwencoder_jax.train.trainer import DataSource, TrainerConfig
@@ -75,27 +80,50 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
           inference_overrides: dict | None = None, loss: LossConfig | None = None,
-          async_checkpoints: bool = True, peak_flops_per_second: float | None = None) -> tuple[TrainerConfig, dict]:
+          async_checkpoints: bool = True, peak_flops_per_second: float | None = None,
+          restart_if_unrestorable: bool = False, allow_schedule_change: bool = False,
+          stall_timeout_seconds: float | None = 600.0) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
     WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them);
-    peak_flops_per_second: the MFU denominator (None: measured once at start)."""
+    peak_flops_per_second: the MFU denominator (None: measured once at start);
+    restart_if_unrestorable: start again from step 0 when the workdir's checkpoints exist but none restores (else
+    the run stops); allow_schedule_change: resume although total_steps or the optimizer config changed;
+    stall_timeout_seconds: a multi-process run in which no step finished for this long stops (train/watchdog.py)."""
     sources = tuple(DataSource(*entry) for entry in data_sources)
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
                            init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig(),
-                           async_checkpoints=async_checkpoints, peak_flops_per_second=peak_flops_per_second)
+                           async_checkpoints=async_checkpoints, peak_flops_per_second=peak_flops_per_second,
+                           restart_if_unrestorable=restart_if_unrestorable,
+                           allow_schedule_change=allow_schedule_change,
+                           stall_timeout_seconds=stall_timeout_seconds)
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parses the files then the bindings; a binding of a macro no file uses (a typo) is a GinConfigError."""
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    with _quiet_gin_includes():
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    gin_check.check_macros(bindings)
+
+
+@contextlib.contextmanager
+def _quiet_gin_includes():
+    """gin logs `ERROR:root:Path not found: base.gin` for every include it then finds on the search path."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def build(workdir: str) -> tuple[TrainerConfig, dict]:
@@ -110,6 +138,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'KEY = VALUE'")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--dry_run", action="store_true", help="parse, bind and write the config; train nothing")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a configuration error")
     return parse_with_gin_flags(parser, argv)
 
 
@@ -129,8 +158,14 @@ def parse_with_gin_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -
 
 def main(argv: Sequence[str]) -> int:
     args, bindings = split_arguments(argv)
-    parse(args.gin_file, bindings)
-    config, inference_overrides = build(args.workdir)
+    try:
+        parse(args.gin_file, bindings)
+        config, inference_overrides = build(args.workdir)
+    except Exception as error:  # a configuration mistake: one line (the traceback only with --debug)
+        if args.debug:
+            raise
+        print(f"error: {gin_check.describe(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "operative_config.gin").write_text(gin.operative_config_str())
@@ -140,11 +175,18 @@ def main(argv: Sequence[str]) -> int:
         print(f"dry run: config written to {workdir / 'operative_config.gin'}")
         return 0
     from qwencoder_jax import distributed
-    from qwencoder_jax.train.trainer import Trainer
+    from qwencoder_jax.checkpoints import CheckpointError
+    from qwencoder_jax.train.trainer import ResumeError, Trainer
 
     distributed.initialize()  # multi-process runs (env from launch/local.py, or a TPU pod); else a no-op
 
-    result = Trainer(config).run()
+    try:
+        result = Trainer(config).run()
+    except (ResumeError, CheckpointError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"stopped: {result.stop_reason} at step {result.final_step}; last good checkpoint "
           f"{result.last_good_checkpoint} in {workdir / 'checkpoints'}")
     return 0 if result.stop_reason in ("completed", "preempted") else 1

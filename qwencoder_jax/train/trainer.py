@@ -18,9 +18,14 @@ Behaviour:
 - NaN/inf loss or gradient norm: the run stops without saving; the result names the step and the last good
   checkpoint (the one a restart resumes from).
 - SIGTERM (preemption): the current step finishes, a checkpoint is saved and waited for, the run returns cleanly.
-- Resume: the latest checkpoint that restores completely is used (a damaged latest one is reported, the previous
-  one tried); orbax never lists unfinished (temporary) step directories. `init_from` (a model checkpoint or a
-  run's workdir) loads weights only and applies only when the workdir has no checkpoint yet.
+- Resume: the latest checkpoint that restores completely is used (a damaged latest one is reported, moved aside
+  to <step>.damaged, the previous one tried); orbax never lists unfinished (temporary) step directories. When
+  checkpoints exist but none restores, the run stops with a ResumeError; it starts again from step 0 only with
+  `restart_if_unrestorable=True`, and says so. A resume under another schedule (any optimizer field, e.g. its
+  total_steps, which gin binds to TOTAL_STEPS; recorded in the `trainer` item) is refused unless
+  `allow_schedule_change=True`. metrics.jsonl keeps one record per step: records after the step a run starts
+  from are dropped before it logs again. `init_from` (a model checkpoint or a run's workdir) loads weights only
+  and applies only when the workdir has no checkpoint yet.
 """
 
 from __future__ import annotations
@@ -84,12 +89,20 @@ class TrainerConfig:
     num_devices: int | None = None  # None: every device; else the first num_devices (tests)
     peak_flops_per_second: float | None = None  # MFU denominator; None: measured once at start (f32 matmul)
     progress_bar: bool = True
+    restart_if_unrestorable: bool = False  # checkpoints exist but none restores: start from step 0 (else stop)
+    allow_schedule_change: bool = False  # resume although total_steps or the optimizer config changed
+    # Multi-process runs: no step finished for this long (after the first) ends the process (train/watchdog.py).
+    stall_timeout_seconds: float | None = 600.0
 
     def __post_init__(self):
         if self.total_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError(f"TrainerConfig needs total_steps, checkpoint_every, log_every, keep_checkpoints >= 1; "
                              f"got {self.total_steps}, {self.checkpoint_every}, {self.log_every}, "
                              f"{self.keep_checkpoints}")
+
+
+class ResumeError(RuntimeError):
+    """The workdir's checkpoints cannot be resumed as configured (damaged, or another schedule)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +147,7 @@ class Trainer:
     # -- messages -----------------------------------------------------------------------------------------------
     def _say(self, message: str) -> None:
         self.messages.append(message)
-        log.warning(message)
+        log.info(message)  # printed once, below (a logging handler would repeat it)
         print(f"[trainer] {message}", file=sys.stderr, flush=True)
 
     # -- setup --------------------------------------------------------------------------------------------------
@@ -168,8 +181,33 @@ class Trainer:
     def _target(self, tree, shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
+    def _schedule_record(self) -> dict:
+        return {"total_steps": self.config.total_steps, "optimizer": dataclasses.asdict(self.config.optimizer)}
+
+    def _check_schedule(self, step: int, saved: dict) -> None:
+        """Refuses to resume under another schedule than the checkpoint's (unless allowed)."""
+        if "total_steps" not in saved:  # written before the schedule was recorded
+            return
+        # The run's own total_steps may change (stop earlier, or go on, on the same schedule); the schedule may not.
+        current = self._schedule_record()
+        changed = []
+        for name, value in current["optimizer"].items():
+            before = saved.get("optimizer", {}).get(name, value)
+            if before != value and not (isinstance(value, tuple) and list(value) == before):
+                changed.append(f"optimizer.{name} {before} -> {value}")
+        if not changed:
+            return
+        what = ", ".join(changed)
+        if not self.config.allow_schedule_change:
+            raise ResumeError(f"checkpoint step {step} in {self.workdir / 'checkpoints'} was trained under another "
+                              f"schedule ({what}); resuming would change the learning rate mid-run. Use a new "
+                              "workdir, or set train.allow_schedule_change=True to resume anyway")
+        self._say(f"resuming step {step} under a changed schedule ({what}), as allow_schedule_change allows")
+
     def _restore_latest(self):
-        """(state, iterator, step) from the newest checkpoint that restores, or None if none does."""
+        """(state, iterator, step) from the newest checkpoint that restores, or None if there is none."""
+        directory = self.workdir / "checkpoints"
+        failures = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             iterator = self._new_iterator()
             try:
@@ -177,24 +215,35 @@ class Trainer:
                     params=ocp.args.StandardRestore(self._target(self.abstract_state.params, self.shardings.params)),
                     opt_state=ocp.args.StandardRestore(
                         self._target(self.abstract_state.opt_state, self.shardings.opt_state)),
+                    trainer=ocp.args.JsonRestore(),
                     data=loader.restore_args(iterator)))
             except Exception as error:  # a damaged step: report it, move it aside, fall back to the one before
-                aside = self.workdir / "checkpoints" / f"{step}.damaged"
-                self._say(f"checkpoint step {step} in {self.workdir / 'checkpoints'} could not be restored "
-                          f"({type(error).__name__}: {str(error)[:300]}); moved it to {aside.name} and trying "
-                          "the previous one")
+                aside = directory / f"{step}.damaged"
+                cause = checkpoints.describe_restore_error(error)
+                failures.append(f"step {step} ({cause})")
+                self._say(f"checkpoint step {step} in {directory} could not be restored ({cause}); moved it to "
+                          f"{aside.name} and trying the previous one")
                 if jax.process_index() == 0:
                     # Out of orbax's way (the run will save this step number again), kept for inspection.
-                    (self.workdir / "checkpoints" / str(step)).rename(aside)
+                    (directory / str(step)).rename(aside)
                 sync_global_devices(f"damaged checkpoint {step}")
                 self.manager.reload()
                 continue
+            self._check_schedule(step, restored["trainer"] or {})
             # orbax rebuilds optax's namedtuples as lists; put the values back into the real structure.
             opt_state = jax.tree.unflatten(jax.tree.structure(self.abstract_state.opt_state),
                                            jax.tree.leaves(restored["opt_state"]))
             state = step_lib.TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), self.shardings.step),
                                         params=restored["params"], opt_state=opt_state)
             return state, iterator, step
+        damaged = sorted(p.name for p in directory.glob("*.damaged")) if directory.is_dir() else []
+        if failures or damaged:
+            what = "; ".join(failures) or f"only damaged checkpoints ({', '.join(damaged)})"
+            if not self.config.restart_if_unrestorable:
+                raise ResumeError(f"no checkpoint in {directory} restores: {what}. Nothing good to resume from; "
+                                  "set train.restart_if_unrestorable=True to start again from step 0")
+            self._say(f"no checkpoint in {directory} restores ({what}); starting again from step 0 as "
+                      "restart_if_unrestorable allows")
         return None
 
     def _fresh_state(self):
@@ -211,7 +260,7 @@ class Trainer:
             params=ocp.args.StandardSave(state.params),
             opt_state=ocp.args.StandardSave(state.opt_state),
             model_config=ocp.args.JsonSave(self.config.model.to_dict()),
-            trainer=ocp.args.JsonSave({"step": step, "mixture": self.config.mixture}),
+            trainer=ocp.args.JsonSave({"step": step, "mixture": self.config.mixture, **self._schedule_record()}),
             data=loader.checkpoint_args(iterator)), force=True)
 
     def _device_batch(self, batch: dict, step: int) -> dict:
@@ -241,8 +290,13 @@ class Trainer:
 
         previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         writer = _SummaryWriter(self.workdir / "tensorboard") if jax.process_index() == 0 else None
-        metrics_file = open(self.workdir / "metrics.jsonl", "a") if jax.process_index() == 0 else None
+        metrics_file = _open_metrics(self.workdir / "metrics.jsonl", start) if jax.process_index() == 0 else None
         progress = _progress_bar(config, start)
+        watchdog = None
+        if jax.process_count() > 1 and config.stall_timeout_seconds:
+            from qwencoder_jax.train.watchdog import Watchdog
+
+            watchdog = Watchdog(config.stall_timeout_seconds).start()
         losses: dict[int, float] = {}
         stop_reason, final_step = "completed", start
         pending = None  # (step, device metrics) not yet read
@@ -257,6 +311,8 @@ class Trainer:
             now = time.perf_counter()
             step_time, last_time = now - last_time, now
             losses[step] = values["loss"]
+            if watchdog:
+                watchdog.progress(step)
             if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
                 return False
             if step % config.log_every == 0 or step == config.total_steps:
@@ -306,6 +362,8 @@ class Trainer:
                           f"stopped without saving; the last good checkpoint is step {last_good}")
             self.manager.wait_until_finished()
         finally:
+            if watchdog:
+                watchdog.close()
             progress.close()
             if metrics_file:
                 metrics_file.close()
@@ -335,6 +393,17 @@ class Trainer:
         self._stop_requested = True
 
 
+def _open_metrics(path: Path, start: int):
+    """metrics.jsonl for appending, without the records of steps after `start` (logged by an earlier run that
+    stopped, or whose checkpoints were lost, after them): one record per step."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= start]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -342,16 +411,20 @@ def _main_thread() -> bool:
 
 
 class _SummaryWriter:
-    """TensorBoard scalars through flax's writer (imported lazily: it imports TensorFlow)."""
+    """TensorBoard scalars through the tensorboard package's own event writer: no TensorFlow import (which costs
+    seconds and, on a CPU-only host, logs a CUDA probe failure)."""
 
     def __init__(self, directory: Path):
-        from flax.metrics import tensorboard
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self._writer = tensorboard.SummaryWriter(str(directory))
+        self._writer = EventFileWriter(str(directory))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            self._writer.scalar(name, value, step)
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+                                             for name, value in values.items()])
+        self._writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
 
     def close(self) -> None:
         self._writer.flush()
