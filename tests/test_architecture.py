@@ -21,7 +21,7 @@ LIBRARY_RULES = {
     "model": {"kernels"}, "kernels": set(), "cpu_decode": {"model", "checkpoints"}, "data": {"assets"},
     "sharding": set(), "distributed": {"sharding"}, "allocator": set(), "assets": set(), "checkpoints": {"model"},
     "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator"},
-    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode"}, "generate": {"eval"},
+    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train"}, "generate": {"eval"},
     "convert": {"model", "checkpoints", "cpu_decode"},
 }
 

@@ -71,7 +71,7 @@ class Scorer:
     row of the batch being its own source."""
 
     def __init__(self, model, params, max_tokens: int, batch_size: int = 8, vocab_chunk_size: int = 8192):
-        import jax
+        import jax  # jax and the model load only when a model is scored (the task list needs neither)
 
         from qwencoder_jax.model.transformer import output_projection
         from qwencoder_jax.train.loss import fused_head_cross_entropy

@@ -51,7 +51,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_ablate_dry_run_refuses_a_misspelled_macro(tmp_path, capsys, monkeypatch):
-    from qwencoder_jax import ablate
+    from qwencoder_apps import ablate
 
     monkeypatch.chdir(ROOT)
     status = ablate.main(["--sweep=gin/ablations/table3_mixtures.sweep", "--gin_file=gin/cpu/tiny.gin",
