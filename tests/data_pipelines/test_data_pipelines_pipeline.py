@@ -138,7 +138,8 @@ def test_cli_run(corpus, tmp_path):
         arguments += ["--source", source]
     assert main(arguments) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["counts"]["kept"] == 25 and len(manifest["splits"]["train"]["shards"]) == 2
+    assert manifest["counts"]["kept"] == 25 and len(manifest["splits"]["train"]["shards"]) == 1
+    assert manifest["splits"]["train"]["records"] + manifest["splits"]["validation"]["records"] == 25
 
 
 def test_cli_count_and_beam_flags(corpus, tmp_path, capsys):
