@@ -9,7 +9,7 @@
   4. evaluation the final model: perplexity / bits per byte on held-out shards, FIM exact match, HumanEval
   5. report     tables printed and written to RUN/report.md
 
-    python -m qwencoder_apps.demo [--run runs/demo] [--size demo|quick|smoke] [--reuse-data | --resume] [--no-eval]
+    python -m qwencoder_apps.demo [--run RUN (runs/demo, runs/demo-quick, runs/demo-smoke)] [--size demo|quick|smoke] [--reuse-data | --resume] [--no-eval]
     python -m qwencoder_apps.demo --showcase     # the model on real weights instead (qwencoder_apps/showcase.py)
 
 RUN/ (the layout the notebooks read): data/<dataset>/ (manifest.json, TFRecord shards, rejects.jsonl,
@@ -106,9 +106,15 @@ def run_phase(state: dict, name: str, clock: Clock, function) -> None:
     clock.say(f"== {name} done in {state['phases'][name]['seconds']:.0f}s ==")
 
 
+def default_run_dir(size: str) -> str:
+    return "runs/demo" if size == "demo" else f"runs/demo-{size}"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="runs/demo", help="the run directory (RUN)")
+    parser.add_argument("--run", default=None,
+                        help="the run directory (RUN); default runs/demo for --size demo, runs/demo-SIZE otherwise, "
+                             "so a smoke or quick run never replaces a full demo's results")
     parser.add_argument("--size", default="demo", choices=["demo", "quick", "smoke"],
                         help="demo: about 15 minutes on 2 quiet cores; quick: its data, a third of its steps; "
                              "smoke: a few dozen documents per source and a few steps (tests)")
@@ -124,6 +130,8 @@ def main(argv=None) -> dict:
         return showcase.main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {rest}")
+    if args.run is None:
+        args.run = default_run_dir(args.size)
 
     from qwencoder_apps.recipe import config as recipe_config
     from qwencoder_apps.recipe import data, evaluate, mixtures, report, stages

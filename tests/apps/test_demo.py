@@ -190,3 +190,12 @@ def test_recipe_end_to_end_at_smoke_size(tmp_path):
     # a rerun with --resume finds every phase done and only rewrites the report
     again = demo.main(["--size", "smoke", "--run", str(run), "--resume"])
     assert again["stages"] == state["stages"]
+
+
+def test_each_size_has_its_own_run_directory():
+    from qwencoder_apps import demo
+    from qwencoder_apps.recipe import config as recipe_config
+
+    directories = {size: demo.default_run_dir(size) for size in recipe_config.PRESETS}
+    assert directories["demo"] == "runs/demo"  # what make demo, the notebooks and the docs read
+    assert len(set(directories.values())) == len(directories)  # smoke never overwrites a full demo
