@@ -17,7 +17,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "launch/README.md", "data_pipelines/README.md")
-FENCE = re.compile(r"^```(?:bash|sh|shell|console)?[ \t]*\n(.*?)^```", re.S | re.M)
+SHELL_FENCES = ("```", "```bash", "```sh", "```shell", "```console")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(opening fence, body) of every fenced block, read in order (a closing fence never opens the next block)."""
+    blocks, opening, body = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if opening is None:
+                opening, body = line.strip(), []
+            else:
+                blocks.append((opening, "\n".join(body) + "\n"))
+                opening = None
+        elif opening is not None:
+            body.append(line)
+    return blocks
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
@@ -27,7 +42,9 @@ def documented_commands() -> list[tuple[str, list[str]]]:
         path = ROOT / doc
         if not path.exists():
             continue
-        for block in FENCE.findall(path.read_text()):
+        for fence, block in fenced_blocks(path.read_text()):
+            if fence not in SHELL_FENCES:
+                continue
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split(" # ", 1)[0].strip().lstrip("$ ").strip()
                 if not line.startswith("python"):
@@ -73,8 +90,23 @@ def test_the_docs_show_commands():
 def test_documented_command_exists_and_its_flags_are_known(doc, words):
     prefix, rest = program(words)
     text = help_text(tuple(prefix))
-    for word in rest:
+    for word in (w.strip("[]|") for w in rest):  # `[--size demo|quick] [--a | --b]` optional-flag notation
         if word.startswith("--") and not word.startswith("--gin."):
             flag = word.split("=", 1)[0]
             assert re.search(rf"{re.escape(flag)}\b", text), \
                 f"{doc}: `{' '.join(words)}` uses {flag}, which `python {' '.join(prefix)} --help` does not list"
+
+
+DRY_RUNS = [(doc, words) for doc, words in COMMANDS if "--dry-run" in words and "..." not in words]
+
+
+def test_the_docs_show_dry_runs():
+    assert any(words[1] == "launch/tpu_vm.py" for _, words in DRY_RUNS), DRY_RUNS
+
+
+@pytest.mark.parametrize("doc, words", DRY_RUNS, ids=[" ".join(w[:3]) for _, w in DRY_RUNS])
+def test_documented_dry_run_runs_as_written(doc, words):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"{doc}: `{' '.join(words)}` failed:\n{result.stderr[-2000:]}"
