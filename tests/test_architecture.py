@@ -22,7 +22,7 @@ LIBRARY_RULES = {
     "sharding": set(), "distributed": {"sharding"}, "allocator": set(), "assets": set(), "checkpoints": {"model"},
     "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator"},
     "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train"}, "generate": {"eval"},
-    "convert": {"model", "checkpoints", "cpu_decode"},
+    "convert": {"model", "checkpoints", "cpu_decode", "assets"},
 }
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,9 +26,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from qwencoder_jax import checkpoints
+from qwencoder_jax import assets, checkpoints
 from qwencoder_jax.convert.common import ConversionError, check_output_dir, hf_from_params, params_from_hf
-from qwencoder_jax.model.config import ModelConfig, YarnScaling
+from qwencoder_jax.model.config import QWEN_VOCAB_SIZE, ModelConfig, YarnScaling
 from qwencoder_jax.model.hf_names import expected_hf_names
 
 CONFIG_FILE = "config.json"
@@ -369,15 +370,31 @@ def orbax_to_hf(ckpt_dir: str | os.PathLike, hf_dir: str | os.PathLike, *,
             raise ConversionError(f"{hf_dir} already exists and is not empty; choose a new directory or pass "
                                   "overwrite=True (--overwrite)")
         # Stale shards of an earlier export would otherwise sit beside a new index and confuse loaders.
-        for stale in [*hf_dir.glob("model*.safetensors"), hf_dir / INDEX_FILE, hf_dir / CONFIG_FILE]:
+        for stale in [*hf_dir.glob("model*.safetensors"), hf_dir / INDEX_FILE, hf_dir / CONFIG_FILE,
+                      *(hf_dir / name for name in TOKENIZER_FILES)]:
             if stale.is_file():
                 stale.unlink()
     hf_dir.mkdir(parents=True, exist_ok=True)
     dtype = str(tensors["model.embed_tokens.weight"].dtype)
     (hf_dir / CONFIG_FILE).write_text(json.dumps(hf_config_from_model(config, dtype), indent=2) + "\n")
     write_safetensors(hf_dir, tensors, parse_size(max_shard_size))
+    if config.vocab_size == QWEN_VOCAB_SIZE:
+        write_qwen_tokenizer(hf_dir)
     return hf_dir
 
 
+# The Hugging Face tokenizer files of the Qwen2.5 vocabulary (tokenizer_config.json holds the ChatML chat template).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def write_qwen_tokenizer(hf_dir: str | os.PathLike) -> None:
+    """Copies the Qwen2.5 tokenizer files our vocabulary reads (qwencoder_jax.assets) beside the weights, so that
+    transformers' AutoTokenizer loads the exported directory. Only for the Qwen vocabulary: a checkpoint with another
+    vocabulary (e.g. converted from a SmolLM2 GGUF) gets no tokenizer rather than a wrong one."""
+    source = assets.qwen_tokenizer_json().parent
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, Path(hf_dir) / name)
+
+
 __all__ = ["ConversionError", "hf_to_orbax", "orbax_to_hf", "read_hf", "read_hf_config", "model_config_from_hf",
-           "hf_config_from_model", "write_safetensors", "parse_size"]
+           "hf_config_from_model", "write_safetensors", "parse_size", "write_qwen_tokenizer"]
