@@ -45,7 +45,10 @@ def synthesize(snippets: Iterable[Snippet], instruction_model: Callable, respons
                tally: Tally, config: SynthesisConfig = SynthesisConfig()) -> list[dict]:
     response_model = response_model or instruction_model
     records = []
-    for number, snippet in enumerate(snippets, 1):
+    from tqdm import tqdm
+
+    # One model call per snippet (seconds each): a bar on a terminal (disable=None), nothing in a log file.
+    for number, snippet in enumerate(tqdm(snippets, desc="synthesize", unit="snippet", disable=None), 1):
         code = snippet.code[:config.max_snippet_chars]
         if len(code.strip()) < config.min_snippet_chars:
             tally.reject(Problem(number, "synthesis:snippet_too_short", snippet.key))

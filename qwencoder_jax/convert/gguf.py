@@ -186,7 +186,14 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
     file = GGUFFile(path)
     config = model_config_from_gguf(file)
 
+    from tqdm import tqdm
+
+    # Dequantising is the slow part (tens of seconds for a 0.5B file): a bar on a terminal, nothing in a log file.
+    progress = tqdm(total=len(expected_hf_names(config)), desc=f"dequantise {Path(path).name}", unit="tensor",
+                    disable=None)
+
     def read(hf_name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
+        progress.update()
         name = gguf_tensor_name(hf_name)
         if name not in file.tensors:
             raise ConversionError(f"{file.path}: tensor {name!r} ({hf_name}) is missing")
@@ -202,7 +209,8 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
     if unused:
         raise ConversionError(f"{file.path}: tensor {unused[0]!r} (and {len(unused) - 1} more) is not part of a "
                               f"{file.architecture} model as this converter reads it")
-    return config, params_from_hf(config, read)
+    with progress:
+        return config, params_from_hf(config, read)
 
 
 def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
