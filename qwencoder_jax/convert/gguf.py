@@ -206,7 +206,7 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
 
 
 def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
-    """The file's projection and head weights that are stored as Q4_0 / Q4_1 / Q8_0 blocks, kept packed, by
+    """The file's projection and head weights stored in one of the block types of packed.GGUF_TYPES, kept packed, by
     Hugging Face name in HF's [out, in] layout (Q/K rows of `llama` files put back in rotate-halves order, as
     `read_gguf` does for the float values). Weights of other types are left out: decoding multiplies by their
     float values. See qwencoder_jax.kernels.packed for the format and qwencoder_jax.model.packed_weights for use.
