@@ -1,4 +1,4 @@
-"""Command line of the converters: `python -m qwencoder_jax.convert {hf-to-orbax,orbax-to-hf,gguf-to-orbax,fetch} ...`."""
+"""Command line of the converters: `python -m qwencoder_jax.convert {hf-to-orbax,orbax-to-hf,gguf-to-orbax,fetch}`."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ applied to the decoded text on the host once the batch is done).
 Tokenizers: a checkpoint directory may hold a `tokenizer.json` (the GGUF converter writes the one stored in the
 GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size gets the Qwen2.5 tokenizer.
 
-Weights: a GGUF conversion keeps the file's Q4_0/Q4_1/Q8_0 projections packed beside the float params, and decode
-steps multiply by those (qwencoder_jax.model.packed_weights): the same values, a quarter to an eighth of the bytes
-to read per token. `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
+Weights: a GGUF conversion keeps the file's block-quantised projections (Q4_0/Q4_1/Q8_0/Q5_0/Q4_K/Q6_K) packed
+beside the float params, and decode steps multiply by those (qwencoder_jax.model.packed_weights): the same values,
+a third to an eighth of the bytes to read per token. `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
 """
 
 from __future__ import annotations
@@ -131,10 +131,12 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 class Generator:
     def __init__(self, model: Transformer, params: Any, tokenizer: Any, *, mesh=None, max_batch_size: int = 8,
-                 packed: dict[str, Any] | None = None):
+                 packed: dict[str, Any] | None = None, chat_template: str | None = None):
         """packed: block-quantised weights by Hugging Face name (a GGUF conversion's, `checkpoints.load_packed`):
-        decode steps multiply by them instead of the float params, reading 4.5-8.5 bits per weight instead of 32
-        (same values, qwencoder_jax.kernels.packed). Unsharded decoding only: on a mesh they are not used."""
+        decode steps multiply by them instead of the float params, reading 4.5-10 bits per weight instead of 32
+        (same values, qwencoder_jax.kernels.packed). Unsharded decoding only: on a mesh they are not used.
+        chat_template: the checkpoint's Jinja chat template (qwencoder_jax.eval.chat), for instruct prompts."""
+        self.chat_template = chat_template
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         config = model.config
@@ -175,8 +177,11 @@ class Generator:
             tokenizer = tokenizer_for_checkpoint(path, model.config)
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = Tokenizer.from_file(tokenizer)
+        from qwencoder_jax.eval import chat
+
         packed = checkpoints.load_packed(path) if packed_weights else None
-        return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed)
+        return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed,
+                   chat_template=chat.load_template(path))
 
     # --- ids ---------------------------------------------------------------------------------------------
 
