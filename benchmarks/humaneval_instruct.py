@@ -6,7 +6,7 @@
 Both paths run the same weights (the GGUF that `python -m qwencoder_jax.convert fetch` assembles, cached once per
 machine) and the same prompt texts (qwencoder_jax.eval.humaneval.chat_prompt: EvalPlus's instruct prompt in the
 model's chat template, the assistant's turn opened with a ```python fence), greedy, at most --max_new_tokens new
-tokens, in blocks of 8 problems:
+tokens (a reply ends at <|im_end|> or at its closing code fence), in blocks of 8 problems:
   ours          qwencoder_jax's Generator (packed GGUF blocks, KV-cache decoder), programs run in our sandbox;
   transformers  AutoModelForCausalLM.from_pretrained(dir, gguf_file=...) (dequantised to float32), its own
                 tokenizer from the same file, `generate` with left padding; the replies go through the same code
@@ -61,7 +61,9 @@ def reference(problems, max_new_tokens: int, workers: int) -> tuple[list[str], l
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
                                                  dtype=torch.float32).eval()
     template = str(_template(gguf_file))
+    # the same ends as ours: the end-of-turn tokens and any token holding "``" (a closing fence begins so)
     end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    end_ids += [i for i in humaneval.fence_token_ids(tokenizer) if i not in end_ids]
     replies = []
     for first in range(0, len(problems), humaneval.BATCH):
         prompts = [humaneval.chat_prompt(p, template) for p in problems[first:first + humaneval.BATCH]]
@@ -69,8 +71,9 @@ def reference(problems, max_new_tokens: int, workers: int) -> tuple[list[str], l
         with torch.no_grad():
             out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                                  pad_token_id=end_ids[1])
-        for row in out[:, inputs["input_ids"].shape[1]:]:
-            replies.append(tokenizer.decode(row, skip_special_tokens=True))
+        for row in out[:, inputs["input_ids"].shape[1]:].tolist():
+            end = next((n for n, token in enumerate(row) if token in end_ids), len(row))
+            replies.append(tokenizer.decode(row[:end]))  # the end token excluded, as ours
         print(f"  transformers: {len(replies)}/{len(problems)} replies, {time.perf_counter() - start:.0f} s",
               flush=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -115,8 +118,8 @@ def main() -> int:
                       "pass@1": 100.0 * sum(passed) / len(passed)}
         print(f"{path}: pass@1={runs[path]['pass@1']:.1f} ({sum(passed)}/{len(passed)}) in {seconds:.0f} s",
               flush=True)
-    if args.output:
-        Path(args.output).write_text(json.dumps({"problems": [p["task_id"] for p in problems], **runs}))
+        if args.output:  # after each path, so a long run keeps what it finished
+            Path(args.output).write_text(json.dumps({"problems": [p["task_id"] for p in problems], **runs}))
     figures = " ".join(f"{path}={run['pass@1']:.1f}" for path, run in runs.items())
     line = f"humaneval chat greedy, {len(problems)} problems: {figures} published_bf16={PUBLISHED}"
     if len(runs) == 2:

@@ -30,7 +30,7 @@ def load_template(checkpoint: str | os.PathLike) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str):
-    import jinja2
+    import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):

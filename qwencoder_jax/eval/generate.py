@@ -51,6 +51,7 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     stop: tuple[str, ...] = ()  # completion is cut before the first stop string
     seed: int = 0
+    end_ids: tuple[int, ...] = ()  # token ids that end a completion besides the tokenizer's end tokens (excluded)
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -220,7 +221,8 @@ class Generator:
             lengths_b[r], active_b[r], sample_ids_b[r] = len(ids), True, sample_id
         inputs = (ids_bp, lengths_b, active_b, sample_ids_b)
         # the few-row kernel has no sharding rule: XLA's dots when decoding on a mesh
-        decode = kv_cache.make_decoder(self.model, cache_length, self.eos_ids, few_rows_kernel=self.mesh is None)
+        end_ids = self.eos_ids + tuple(int(i) for i in sampling.end_ids if int(i) not in self.eos_ids)
+        decode = kv_cache.make_decoder(self.model, cache_length, end_ids, few_rows_kernel=self.mesh is None)
         options = (np.int32(sampling.max_new_tokens), np.uint32(sampling.seed), np.float32(sampling.temperature),
                    np.int32(sampling.top_k), np.float32(sampling.top_p))
         if self.mesh is None:
@@ -233,7 +235,7 @@ class Generator:
         results = []
         for r in range(len(prompts)):
             row = tokens_bn[r, :sampling.max_new_tokens].tolist()
-            end = next((i for i, t in enumerate(row) if t == kv_cache.FINISHED or t in self.eos_ids), len(row))
+            end = next((i for i, t in enumerate(row) if t == kv_cache.FINISHED or t in end_ids), len(row))
             results.append(row[:end])
         return results
 

