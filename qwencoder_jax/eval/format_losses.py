@@ -14,6 +14,8 @@ correct format has a wrong twin with the loss counted on exactly the same tokens
     repo_no_header   the same files without the <|repo_name|> line      the same tokens
     sft_chatml       <|im_start|>role\\n...<|im_end|>\\n                  loss on the assistant's reply + <|im_end|>
     sft_misspelled   the assistant's <|im_start|> tag spelled <|im_star|> (plain text)   the same tokens
+    sft_text_tags    every <|im_start|> / <|im_end|> written as plain text, not the special tokens
+                     (what encoding chat markup without special-token recognition gives)     the reply's tokens
 
 A model trained on these formats (Qwen2.5-Coder was) scores the correct ones low and the wrong ones higher; the
 rows are packed (several documents per row, segment ids and positions) as training packs them.
@@ -34,8 +36,10 @@ from qwencoder_jax.data.special_tokens import (ENDOFTEXT, FILE_SEP, FIM_MIDDLE, 
                                                IM_START, REPO_NAME)
 from qwencoder_jax.train.loss import cross_entropy
 
-FORMATS = ("file_level", "fim_psm", "fim_swapped", "repo_level", "repo_no_header", "sft_chatml", "sft_misspelled")
-WRONG = {"fim_swapped": "fim_psm", "repo_no_header": "repo_level", "sft_misspelled": "sft_chatml"}
+FORMATS = ("file_level", "fim_psm", "fim_swapped", "repo_level", "repo_no_header", "sft_chatml", "sft_misspelled",
+           "sft_text_tags")
+WRONG = {"fim_swapped": "fim_psm", "repo_no_header": "repo_level", "sft_misspelled": "sft_chatml",
+         "sft_text_tags": "sft_chatml"}
 STDLIB_FILES = ("textwrap.py", "bisect.py", "colorsys.py", "fnmatch.py", "heapq.py", "shlex.py")
 REPO_PACKAGE = "json"  # a standard-library package: its modules make one repository
 
@@ -83,9 +87,18 @@ def repo_documents(vocabulary, count: int, max_chars: int) -> dict[str, list]:
     return out
 
 
-def _chat(messages, vocabulary, assistant_tag: str | None = None) -> dict[str, np.ndarray]:
+def _chat(messages, vocabulary, assistant_tag: str | None = None, text_tags: bool = False) -> dict[str, np.ndarray]:
     """samples.chatml_document's layout and loss mask; `assistant_tag` replaces the <|im_start|> token of the
-    assistant's turn by that text (a misspelled tag)."""
+    assistant's turn by that text (a misspelled tag); text_tags: every tag as plain-text tokens."""
+    if text_tags:
+        ids, mask = [], []
+        for message in messages:
+            learn = int(message["role"] == "assistant")
+            head, content, tail = vocabulary.encode_batch([f"{IM_START}{message['role']}\n", message["content"],
+                                                            f"{IM_END}\n"])
+            ids += head + content + tail
+            mask += [0] * len(head) + [learn] * len(content) + [0] * len(tail)
+        return _document(ids, mask)
     special = vocabulary.special_ids
     ids: list[int] = []
     mask: list[int] = []
@@ -112,10 +125,11 @@ def sft_conversations(count: int) -> list[list[dict]]:
 
 
 def sft_documents(vocabulary, count: int) -> dict[str, list]:
-    out: dict[str, list] = {"sft_chatml": [], "sft_misspelled": []}
+    out: dict[str, list] = {"sft_chatml": [], "sft_misspelled": [], "sft_text_tags": []}
     for messages in sft_conversations(count):
         out["sft_chatml"].append(_chat(messages, vocabulary))
         out["sft_misspelled"].append(_chat(messages, vocabulary, assistant_tag="<|im_star|>"))
+        out["sft_text_tags"].append(_chat(messages, vocabulary, text_tags=True))
     return out
 
 
