@@ -14,7 +14,8 @@ GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size g
 
 Weights: a GGUF conversion keeps the file's block-quantised projections (Q4_0/Q4_1/Q8_0/Q5_0/Q4_K/Q6_K) packed
 beside the float params, and decode steps multiply by those (qwencoder_jax.model.packed_weights): the same values,
-a third to an eighth of the bytes to read per token. `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
+a third to an eighth of the bytes to read per token. `packed_weights=False` (CLI: --float_weights) decodes from
+the float params instead.
 """
 
 from __future__ import annotations
