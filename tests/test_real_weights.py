@@ -49,15 +49,13 @@ def test_wrong_formats_raise_the_real_models_loss(checkpoint):
     model, params = checkpoints.load(checkpoint)
     losses = format_losses.measure(model, params, format_losses.real_documents(QwenVocabulary(), count=3,
                                                                                max_chars=1200), 1024)
-    # measured (docs/real_weights.md): file 1.68, FIM 1.95 vs swapped 2.21, repo 1.58 vs headerless 1.68
+    # measured (docs/real_weights.md): file 1.68, FIM 1.95 vs swapped 2.21, repo 1.58 vs headerless 1.68, ChatML
+    # 0.924 vs tags as plain text 0.971; a misspelled <|im_start|> of the assistant turn does not raise it (0.917)
     assert losses["file_level"] < 2.5 and losses["repo_level"] < 2.5 and losses["fim_psm"] < 2.5
     assert losses["sft_chatml"] < 1.5
     for wrong, right, margin in (("fim_swapped", "fim_psm", 0.12), ("repo_no_header", "repo_level", 0.05),
-                                 ("sft_misspelled", "sft_chatml", MARGIN_SFT)):
+                                 ("sft_text_tags", "sft_chatml", 0.02)):
         assert losses[wrong] > losses[right] + margin, (wrong, losses)
-
-
-MARGIN_SFT = 0.05
 
 
 def _repo_examples() -> list[dict]:
