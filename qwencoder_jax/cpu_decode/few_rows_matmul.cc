@@ -326,7 +326,7 @@ ffi::Error FewRowsMatmul(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
-// --- block-quantised weights: x [m, k] @ w.T for w [n, k] kept packed (GGUF's Q4_0, Q4_1, Q8_0 blocks) -------
+// --- block-quantised weights: x [m, k] @ w.T for w [n, k] kept packed (GGUF's blocks, see packed.py) -------
 //
 // w[c, 32 b + j] = scale[c, b] * code + offset[c, b]: 4-bit codes (0..15) two to a byte, byte j of a block
 // holding element j in its low nibble and element j + 16 in its high nibble (GGUF's order), or 8-bit signed
@@ -349,11 +349,9 @@ inline void expand_block4(const uint8_t* q, float d, float m, float* out) {
   store(out + 16, high * d + m);
 }
 
-inline void expand_block8(const int8_t* q, float d, float m, float* out) {
-  for (int half = 0; half < 2; ++half) {
-    const __m512i codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * half)));
-    store(out + 16 * half, reinterpret_cast<Vec>(_mm512_cvtepi32_ps(codes)) * d + m);
-  }
+inline void expand_half8(const int8_t* q, float d, float m, float* out) {  // 16 weights
+  const __m512i codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  store(out, reinterpret_cast<Vec>(_mm512_cvtepi32_ps(codes)) * d + m);
 }
 #else
 inline void expand_block4(const uint8_t* __restrict__ q, float d, float m, float* __restrict__ out) {
@@ -361,30 +359,34 @@ inline void expand_block4(const uint8_t* __restrict__ q, float d, float m, float
   for (int j = 0; j < 16; ++j) out[16 + j] = static_cast<float>(q[j] >> 4) * d + m;
 }
 
-inline void expand_block8(const int8_t* __restrict__ q, float d, float m, float* __restrict__ out) {
-  for (int j = 0; j < kBlock; ++j) out[j] = static_cast<float>(q[j]) * d + m;
+inline void expand_half8(const int8_t* __restrict__ q, float d, float m, float* __restrict__ out) {
+  for (int j = 0; j < kBlock / 2; ++j) out[j] = static_cast<float>(q[j]) * d + m;
 }
 #endif
 
-// Rows [c, c + together) of the packed weight as float32 into out[j * k + i].
+// Rows [c, c + together) of the packed weight as float32 into out[j * k + i]. 8-bit codes may have a
+// (scale, offset) pair per 16 weights (Q6_K's sub-blocks): `halves` says so.
 void expand_rows(const uint8_t* __restrict__ codes, const float* __restrict__ scale,
-                 const float* __restrict__ offset, int bits, int64_t k, int64_t c, int64_t together,
+                 const float* __restrict__ offset, int bits, bool halves, int64_t k, int64_t c, int64_t together,
                  float* __restrict__ out) {
   const int64_t blocks = k / kBlock;
+  const int64_t scales = halves ? 2 * blocks : blocks;
   const int64_t row_bytes = bits == 4 ? k / 2 : k;
   const int64_t block_bytes = bits == 4 ? kBlock / 2 : kBlock;
   for (int64_t j = 0; j < together; ++j) {
     const uint8_t* row = codes + (c + j) * row_bytes;
-    const float* s = scale + (c + j) * blocks;
-    const float* o = offset + (c + j) * blocks;
+    const float* s = scale + (c + j) * scales;
+    const float* o = offset + (c + j) * scales;
     float* dst = out + j * k;
     const uint8_t* ahead = row + kTogether * row_bytes;  // the same row of the next group
     for (int64_t i = 0; i < row_bytes; i += 64) __builtin_prefetch(ahead + i);
     if (bits == 4) {
       for (int64_t b = 0; b < blocks; ++b) expand_block4(row + b * block_bytes, s[b], o[b], dst + b * kBlock);
     } else {
-      for (int64_t b = 0; b < blocks; ++b) {
-        expand_block8(reinterpret_cast<const int8_t*>(row) + b * block_bytes, s[b], o[b], dst + b * kBlock);
+      const int8_t* q = reinterpret_cast<const int8_t*>(row);
+      for (int64_t h = 0; h < 2 * blocks; ++h) {
+        const int64_t b = halves ? h : h / 2;
+        expand_half8(q + h * (kBlock / 2), s[b], o[b], dst + h * (kBlock / 2));
       }
     }
   }
@@ -392,11 +394,11 @@ void expand_rows(const uint8_t* __restrict__ codes, const float* __restrict__ sc
 
 // Columns [n0, n1) of y = x @ w.T, w packed [n, k].
 void columns_packed(const float* x, const uint8_t* codes, const float* scale, const float* offset, int bits,
-                    float* y, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
+                    bool halves, float* y, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
   std::unique_ptr<float[]> expanded(new float[kTogether * k]);
   for (int64_t c = n0; c < n1; c += kTogether) {
     const int64_t together = std::min(kTogether, n1 - c);
-    expand_rows(codes, scale, offset, bits, k, c, together, expanded.get());
+    expand_rows(codes, scale, offset, bits, halves, k, c, together, expanded.get());
     const float* wc[kTogether];
     for (int64_t j = 0; j < kTogether; ++j) wc[j] = expanded.get() + std::min(j, together - 1) * k;
     for (int64_t r0 = 0; r0 < m; r0 += kTransposedTile) {
@@ -430,8 +432,10 @@ ffi::Error PackedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes, ffi::Buff
     return ffi::Error::InvalidArgument("packed_matmul: codes must be uint8 (4-bit pairs) or int8 (8-bit)");
   }
   const int64_t m = x_dims[0], k = x_dims[1], n = c_dims[0];
+  const bool halves = bits == 8 && scale.dimensions()[1] == 2 * (k / kBlock);  // a pair per 16 weights
+  const int64_t scales = halves ? 2 * (k / kBlock) : k / kBlock;
   if (k % kBlock != 0 || c_dims[1] != (bits == 4 ? k / 2 : k) || scale.dimensions()[0] != n ||
-      scale.dimensions()[1] != k / kBlock || offset.dimensions()[0] != n || offset.dimensions()[1] != k / kBlock) {
+      scale.dimensions()[1] != scales || offset.dimensions()[0] != n || offset.dimensions()[1] != scales) {
     return ffi::Error::InvalidArgument("packed_matmul: shapes of x, codes, scale and offset do not agree");
   }
   const float* xp = x.typed_data();
@@ -446,7 +450,7 @@ ffi::Error PackedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes, ffi::Buff
   const int64_t per_share = (groups + shares - 1) / shares * kTogether;
   run_shares(shares, [&](int64_t share) {
     const int64_t n0 = std::min(n, share * per_share), n1 = std::min(n, n0 + per_share);
-    if (n0 < n1) columns_packed(xp, cp, sp, op, bits, yp, m, k, n, n0, n1);
+    if (n0 < n1) columns_packed(xp, cp, sp, op, bits, halves, yp, m, k, n, n0, n1);
   });
   return ffi::Error::Success();
 }

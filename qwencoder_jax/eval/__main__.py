@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="directory for results.json, report.md, records, figures")
     parser.add_argument("--limit", type=int, help="first N problems of each task")
     parser.add_argument("--num_samples", type=int, default=1, help="HumanEval completions per problem")
+    parser.add_argument("--chat", action="store_true",
+                        help="HumanEval as an instruct model: the checkpoint's chat template, EvalPlus-style prompt, "
+                             "code from the reply's fenced block")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--max_new_tokens", type=int, default=256)
@@ -86,7 +89,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def options_of(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(
-        limit=args.limit, num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+        limit=args.limit, num_samples=args.num_samples, chat=args.chat, temperature=args.temperature,
+        top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, workers=args.workers, unsandboxed=args.unsandboxed,
         execute_infilling=args.execute_infilling, needle_context_tokens=args.needle_lengths,
         needle_depths=args.needle_depths, needle_trials=args.needle_trials,
@@ -105,6 +109,9 @@ def run_share(args: argparse.Namespace, options: EvalOptions, index: int, count:
 
     generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
                                           packed_weights=not args.float_weights)
+    if options.chat and "humaneval" in args.task_list and not generator.chat_template:
+        raise SystemExit(f"error: --chat needs the checkpoint's chat template; {args.checkpoint} has no "
+                         "chat_template.jinja (GGUF conversions of instruct models carry one)")
     os.makedirs(os.path.join(args.output, PARTS), exist_ok=True)
     for task in args.task_list:
         records = _task_module(task).run(generator, options, index, count)

@@ -13,8 +13,8 @@ Tokenizers: a checkpoint directory may hold a `tokenizer.json` (the GGUF convert
 GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size gets the Qwen2.5 tokenizer.
 
 CPU decoding: unsharded on CPU, decode steps run their projections on the CPU kernels (qwencoder_jax.cpu_decode):
-the few-row matmul, and a GGUF conversion's packed Q4_0/Q4_1/Q8_0 weights (same values, a quarter to an eighth of
-the bytes per token). `packed_weights=False` (CLI: --float_weights) decodes from the float params instead.
+the few-row matmul, and a GGUF conversion's packed Q4_0/Q4_1/Q8_0/Q5_0/Q4_K/Q6_K weights (same values, a third to
+an eighth of the bytes per token). `packed_weights=False` (CLI: --float_weights) decodes from the float params.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import tokenizers
 
 from qwencoder_jax import assets, checkpoints, sharding
+from qwencoder_jax.eval import chat
 from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.config import QWEN_VOCAB_SIZE, ModelConfig
 from qwencoder_jax.model.transformer import Transformer
@@ -51,6 +52,7 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     stop: tuple[str, ...] = ()  # completion is cut before the first stop string
     seed: int = 0
+    end_ids: tuple[int, ...] = ()  # token ids that end a completion besides the tokenizer's end tokens (excluded)
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -141,10 +143,12 @@ def _cpu_decode():
 
 class Generator:
     def __init__(self, model: Transformer, params: Any, tokenizer: Any, *, mesh=None, max_batch_size: int = 8,
-                 packed: dict[str, Any] | None = None):
+                 packed: dict[str, Any] | None = None, chat_template: str | None = None):
         """packed: block-quantised weights by Hugging Face name (a GGUF conversion's, `packed_weights.load`):
-        decode steps multiply by them instead of the float params, reading 4.5-8.5 bits per weight instead of 32
-        (same values, qwencoder_jax.cpu_decode.packed). Unsharded CPU decoding only: elsewhere they are not used."""
+        decode steps multiply by them instead of the float params, reading 4.5-10 bits per weight instead of 32
+        (same values, qwencoder_jax.cpu_decode.packed). Unsharded CPU decoding only: elsewhere they are not used.
+        chat_template: the checkpoint's Jinja chat template (qwencoder_jax.eval.chat), for instruct prompts."""
+        self.chat_template = chat_template
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         config = model.config
@@ -184,7 +188,8 @@ class Generator:
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = Tokenizer.from_file(tokenizer)
         packed = _cpu_decode().load(path) if packed_weights and _cpu_decoding(mesh) else None
-        return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed)
+        return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed,
+                   chat_template=chat.load_template(path))
 
     # --- ids ---------------------------------------------------------------------------------------------
 
@@ -223,7 +228,8 @@ class Generator:
             lengths_b[r], active_b[r], sample_ids_b[r] = len(ids), True, sample_id
         inputs = (ids_bp, lengths_b, active_b, sample_ids_b)
         step_scope = self.cpu_decode.use if self.cpu_decode else None
-        decode = kv_cache.make_decoder(self.model, cache_length, self.eos_ids, step_scope=step_scope)
+        end_ids = self.eos_ids + tuple(int(i) for i in sampling.end_ids if int(i) not in self.eos_ids)
+        decode = kv_cache.make_decoder(self.model, cache_length, end_ids, step_scope=step_scope)
         options = (np.int32(sampling.max_new_tokens), np.uint32(sampling.seed), np.float32(sampling.temperature),
                    np.int32(sampling.top_k), np.float32(sampling.top_p))
         if self.mesh is None:
@@ -236,7 +242,7 @@ class Generator:
         results = []
         for r in range(len(prompts)):
             row = tokens_bn[r, :sampling.max_new_tokens].tolist()
-            end = next((i for i, t in enumerate(row) if t == kv_cache.FINISHED or t in self.eos_ids), len(row))
+            end = next((i for i, t in enumerate(row) if t == kv_cache.FINISHED or t in end_ids), len(row))
             results.append(row[:end])
         return results
 

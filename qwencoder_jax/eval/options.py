@@ -12,6 +12,7 @@ T = TypeVar("T")
 class EvalOptions:
     limit: int | None = None               # first N problems of each task (None: all)
     num_samples: int = 1                   # completions per HumanEval problem (pass@k needs k <= this)
+    chat: bool = False                     # HumanEval as an instruct model: chat template, code from the reply
     temperature: float = 0.0               # 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 256

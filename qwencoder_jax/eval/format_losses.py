@@ -1,0 +1,159 @@
+"""A model's mean token loss on our packed training rows, per data format, and on deliberately wrong formats.
+
+    losses = format_losses.measure(model, params, format_losses.real_documents(vocabulary))
+
+The documents are built by the data pipeline's own sample builders (qwencoder_jax.data.fim, samples) from real
+local data: Python standard-library modules (file-level code, PSM fill-in-the-middle, repo-level samples of one
+standard-library package) and HumanEval's problems with their canonical solutions as ChatML conversations. Each
+correct format has a wrong twin with the loss counted on exactly the same tokens:
+
+    file_level       plain file + <|endoftext|>                       (all tokens)
+    fim_psm          <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>M      loss on M and <|endoftext|>
+    fim_swapped      the prefix and suffix sentinels exchanged          the same tokens
+    repo_level       <|repo_name|>name\\n<|file_sep|>path\\n...          loss on everything after the header
+    repo_no_header   the same files without the <|repo_name|> line      the same tokens
+    sft_chatml       <|im_start|>role\\n...<|im_end|>\\n                  loss on the assistant's reply + <|im_end|>
+    sft_misspelled   the assistant's <|im_start|> tag spelled <|im_star|> (plain text)   the same tokens
+    sft_text_tags    every <|im_start|> / <|im_end|> written as plain text, not the special tokens
+                     (what encoding chat markup without special-token recognition gives)     the reply's tokens
+
+A model trained on these formats (Qwen2.5-Coder was) scores the correct ones low and the wrong ones higher; the
+rows are packed (several documents per row, segment ids and positions) as training packs them.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qwencoder_jax.data import fim, packing
+from qwencoder_jax.data.special_tokens import (ENDOFTEXT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END,
+                                               IM_START, REPO_NAME)
+from qwencoder_jax.train.loss import cross_entropy
+
+FORMATS = ("file_level", "fim_psm", "fim_swapped", "repo_level", "repo_no_header", "sft_chatml", "sft_misspelled",
+           "sft_text_tags")
+WRONG = {"fim_swapped": "fim_psm", "repo_no_header": "repo_level", "sft_misspelled": "sft_chatml",
+         "sft_text_tags": "sft_chatml"}
+STDLIB_FILES = ("textwrap.py", "bisect.py", "colorsys.py", "fnmatch.py", "heapq.py", "shlex.py")
+REPO_PACKAGE = "json"  # a standard-library package: its modules make one repository
+
+
+def _document(ids, mask) -> dict[str, np.ndarray]:
+    return {"ids": np.asarray(ids, np.int32), "loss_mask": np.asarray(mask, np.int32)}
+
+
+def _stdlib() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _code(path: Path, max_chars: int) -> str:
+    text = path.read_text(encoding="utf-8")
+    return text[:text.rfind("\n", 0, max_chars) + 1] if len(text) > max_chars else text
+
+
+def file_documents(vocabulary, count: int, max_chars: int, seed: int = 0) -> dict[str, list]:
+    special = vocabulary.special_ids
+    out: dict[str, list] = {"file_level": [], "fim_psm": [], "fim_swapped": []}
+    for name in STDLIB_FILES[:count]:
+        text = _code(_stdlib() / name, max_chars)
+        ids = vocabulary.encode(text) + [special[ENDOFTEXT]]
+        out["file_level"].append(_document(ids, [1] * len(ids)))
+        prefix, middle, suffix = fim.split_document(text, fim.rng_for(seed, name))
+        p, m, s = vocabulary.encode_batch([prefix, middle, suffix])
+        tail = m + [special[ENDOFTEXT]]
+        for key, (first, second) in (("fim_psm", (FIM_PREFIX, FIM_SUFFIX)), ("fim_swapped", (FIM_SUFFIX, FIM_PREFIX))):
+            head = [special[first]] + p + [special[second]] + s + [special[FIM_MIDDLE]]
+            out[key].append(_document(head + tail, [0] * len(head) + [1] * len(tail)))
+    return out
+
+
+def repo_documents(vocabulary, count: int, max_chars: int) -> dict[str, list]:
+    special = vocabulary.special_ids
+    files = sorted((_stdlib() / REPO_PACKAGE).glob("*.py"))
+    out: dict[str, list] = {"repo_level": [], "repo_no_header": []}
+    for start in range(count):  # rotations of the package's files: `count` samples with different file orders
+        chosen = [files[(start + i) % len(files)] for i in range(3)]
+        contents = [(f"{REPO_PACKAGE}/{path.name}", _code(path, max_chars // len(chosen))) for path in chosen]
+        header, bodies, tail = fim._repo_parts(f"python/{REPO_PACKAGE}", contents, vocabulary, None)
+        body = [token for part in bodies for token in part] + tail
+        out["repo_level"].append(_document(header + body, [0] * len(header) + [1] * len(body)))
+        out["repo_no_header"].append(_document(body, [1] * len(body)))
+    return out
+
+
+def _chat(messages, vocabulary, assistant_tag: str | None = None, text_tags: bool = False) -> dict[str, np.ndarray]:
+    """samples.chatml_document's layout and loss mask; `assistant_tag` replaces the <|im_start|> token of the
+    assistant's turn by that text (a misspelled tag); text_tags: every tag as plain-text tokens."""
+    if text_tags:
+        ids, mask = [], []
+        for message in messages:
+            learn = int(message["role"] == "assistant")
+            head, content, tail = vocabulary.encode_batch([f"{IM_START}{message['role']}\n", message["content"],
+                                                            f"{IM_END}\n"])
+            ids += head + content + tail
+            mask += [0] * len(head) + [learn] * len(content) + [0] * len(tail)
+        return _document(ids, mask)
+    special = vocabulary.special_ids
+    ids: list[int] = []
+    mask: list[int] = []
+    for message in messages:
+        role, content, newline = vocabulary.encode_batch([f"{message['role']}\n", message["content"], "\n"])
+        learn = int(message["role"] == "assistant")
+        start = [special[IM_START]]
+        if learn and assistant_tag is not None:
+            start, role = [], vocabulary.encode(f"{assistant_tag}{message['role']}\n")
+        ids += start + role + content + [special[IM_END]] + newline
+        mask += [0] * (len(start) + len(role)) + [learn] * (len(content) + 1) + [0] * len(newline)
+    return _document(ids, mask)
+
+
+def sft_conversations(count: int) -> list[list[dict]]:
+    """HumanEval problems as conversations: the user asks for the function, the assistant gives the solution."""
+    from qwencoder_jax.eval import humaneval
+
+    return [[{"role": "system", "content": "You are a helpful assistant."},
+             {"role": "user", "content": f"Complete the following Python function:\n```python\n"
+                                         f"{problem['prompt'].strip()}\n```"},
+             {"role": "assistant", "content": f"The function body:\n```python\n{problem['canonical_solution']}```"}]
+            for problem in humaneval.load_problems(count)]
+
+
+def sft_documents(vocabulary, count: int) -> dict[str, list]:
+    out: dict[str, list] = {"sft_chatml": [], "sft_misspelled": [], "sft_text_tags": []}
+    for messages in sft_conversations(count):
+        out["sft_chatml"].append(_chat(messages, vocabulary))
+        out["sft_misspelled"].append(_chat(messages, vocabulary, assistant_tag="<|im_star|>"))
+        out["sft_text_tags"].append(_chat(messages, vocabulary, text_tags=True))
+    return out
+
+
+def real_documents(vocabulary, count: int = 3, max_chars: int = 1200, seed: int = 0) -> dict[str, list]:
+    """`count` documents per format (FORMATS), from the real local data described in the module docstring."""
+    return {**file_documents(vocabulary, count, max_chars, seed), **repo_documents(vocabulary, count, max_chars),
+            **sft_documents(vocabulary, count)}
+
+
+def measure(model, params: Any, documents: dict[str, list], sequence_length: int = 1024) -> dict[str, float]:
+    """Mean loss per target token of each format's documents, packed into rows of `sequence_length`."""
+    @jax.jit
+    def sums(params, batch):
+        logits_btv = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["positions"])
+        _, stats = cross_entropy(logits_btv, batch["targets"], batch["loss_mask"].astype(jnp.float32))
+        return stats["loss_sum"], stats["weight_sum"]
+
+    losses = {}
+    for name, docs in documents.items():
+        too_long = [len(d["ids"]) for d in docs if len(d["ids"]) - 1 > sequence_length]
+        if too_long:
+            raise ValueError(f"format {name}: a document of {too_long[0]} tokens does not fit rows of "
+                             f"{sequence_length}; lower max_chars")
+        rows = packing.pack_rows([packing.shift_document(d, sequence_length) for d in docs], sequence_length)
+        loss_sum, weight_sum = sums(params, {k: jnp.asarray(v) for k, v in rows.items()})
+        losses[name] = float(loss_sum) / float(weight_sum)
+    return losses
