@@ -90,10 +90,24 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
     return config, dict(inference_overrides or {})
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+def parse(gin_files: Sequence[str], bindings: Sequence[str], placeholders: dict[str, str] | None = None) -> None:
+    """Parses the files, then the bindings. placeholders: macro -> gin value, bound only to macros the files and
+    bindings leave %gin.REQUIRED (the ahead-of-time compile, `qwencoder_jax.aot`, needs no data directories)."""
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+    for macro, value in (placeholders or {}).items():
+        if _is_required(macro):
+            gin.parse_config(f"{macro} = {value}")
+    gin.finalize()
+
+
+def _is_required(macro: str) -> bool:
+    try:
+        value = gin.query_parameter(f"{macro}/macro.value")
+    except ValueError:  # not a macro of this config
+        return False
+    return repr(value) == "%gin.REQUIRED"  # gin spells an unset REQUIRED macro as a reference to gin.REQUIRED
 
 
 def build(workdir: str) -> tuple[TrainerConfig, dict]:
