@@ -66,9 +66,10 @@ def table(report) -> str:
 
 def advice(report) -> str:
     over = (report.per_device_bytes - report.hbm_bytes) / GIB
-    return (f"does not fit: {report.per_device_bytes / GIB:.2f} GiB per device > {report.hbm_bytes / GIB:.0f} GiB HBM "
-            f"(over by {over:.2f} GiB; temporaries {report.temp_bytes / GIB:.2f} GiB, arguments "
-            f"{report.argument_bytes / GIB:.2f} GiB). Try: a stronger remat policy (--gin.REMAT_POLICY='\"full\"'), "
+    compiler = f"the TPU compiler says: {report.out_of_memory}; " if report.out_of_memory else ""
+    return (f"does not fit: {compiler}{report.per_device_bytes / GIB:.2f} GiB per device > "
+            f"{report.hbm_bytes / GIB:.0f} GiB HBM (over by {over:.2f} GiB; temporaries "
+            f"{report.temp_bytes / GIB:.2f} GiB, arguments {report.argument_bytes / GIB:.2f} GiB). Try: a stronger remat policy (--gin.REMAT_POLICY='\"full\"'), "
             f"more fsdp devices or a larger slice (MESH_SHAPE, --topology), a smaller per-device batch (BATCH_SIZE, "
             f"ACCUMULATION_STEPS), sequence sharding (MESH_SHAPE's third axis), or the fused head + loss "
             f"(TOKEN_CHUNK_SIZE)")

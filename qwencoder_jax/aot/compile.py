@@ -59,6 +59,7 @@ class Report:
     compiled_flops: float | None  # XLA's cost analysis, per device; Mosaic kernels not counted
     model_flops: float  # per device per step, 6N + attention (training) or 2N + attention (inference)
     tokens_per_step: int
+    out_of_memory: str | None = None  # the TPU compiler's own refusal (it stops before memory_analysis exists)
 
     @property
     def per_device_bytes(self) -> int:
@@ -67,7 +68,7 @@ class Report:
 
     @property
     def fits(self) -> bool:
-        return self.per_device_bytes <= self.hbm_bytes
+        return self.out_of_memory is None and self.per_device_bytes <= self.hbm_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return dict(dataclasses.asdict(self), per_device_bytes=self.per_device_bytes, fits=self.fits)
@@ -210,17 +211,28 @@ def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: T
         prompt = prompt_length or config.loader.sequence_length
         lowered, state_bytes, input_bytes, tokens, flops_per_token = _inference_lowering(
             config, model, mesh, mode, batch_rows, prompt, new_tokens)
-    compiled = lowered.compile()
+    common = dict(topology=topology.name, num_slices=num_slices, mode=mode, devices=len(devices),
+                  mesh={name: int(size) for name, size in mesh.shape.items()}, hbm_bytes=topology.hbm_bytes_per_chip,
+                  state_bytes=state_bytes, input_bytes=input_bytes,
+                  model_flops=flops_per_token * tokens / len(devices), tokens_per_step=tokens)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        # "... HLO temporaries (66.02G) exceeds available HBM (15.75G)": the compiler stops at the first excess
+        message = str(error).splitlines()[0]
+        temporaries = re.search(r"temporaries \(([\d.]+)G\)", message)
+        return Report(**common, argument_bytes=state_bytes + input_bytes, output_bytes=0, alias_bytes=0,
+                      temp_bytes=int(float(temporaries.group(1)) * 2**30) if temporaries else 0, code_bytes=0,
+                      mosaic_kernels=0, collectives={}, compile_seconds=time.perf_counter() - start,
+                      compiled_flops=None, out_of_memory=message)
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mosaic, collectives = _hlo_figures(compiled.as_text())
-    return Report(topology=topology.name, num_slices=num_slices, mode=mode, devices=len(devices),
-                  mesh={name: int(size) for name, size in mesh.shape.items()},
-                  hbm_bytes=topology.hbm_bytes_per_chip, argument_bytes=memory.argument_size_in_bytes,
-                  output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
-                  temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
-                  state_bytes=state_bytes, input_bytes=input_bytes, mosaic_kernels=mosaic, collectives=collectives,
-                  compile_seconds=seconds, compiled_flops=(cost or {}).get("flops"),
-                  model_flops=flops_per_token * tokens / len(devices), tokens_per_step=tokens)
+    return Report(**common, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+                  alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+                  code_bytes=memory.generated_code_size_in_bytes, mosaic_kernels=mosaic, collectives=collectives,
+                  compile_seconds=seconds, compiled_flops=(cost or {}).get("flops"))

@@ -116,5 +116,7 @@ def compile_devices(topology: Topology, num_slices: int = 1) -> list:
     os.environ.setdefault("TPU_WORKER_ID", "0")
     from jax.experimental import topologies
 
+    # a one-chip slice is not divisible into libtpu's default 2x2x1 chips per host
+    bounds = {"chips_per_host_bounds": (1, 1, 1)} if topology.chips == 1 else {}
     return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.description,
-                                             num_slices=num_slices).devices)
+                                             num_slices=num_slices, **bounds).devices)
