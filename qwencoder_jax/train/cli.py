@@ -75,16 +75,18 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
           inference_overrides: dict | None = None,
-          loss: LossConfig | None = None) -> tuple[TrainerConfig, dict]:
+          loss: LossConfig | None = None, peak_flops_per_device: float | None = None) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
-    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them)."""
+    WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them).
+    peak_flops_per_device: the MFU denominator per device (None: train/peak.py's chip table or CPU measurement)."""
     sources = tuple(DataSource(*entry) for entry in data_sources)
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig())
+                           init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig(),
+                           peak_flops_per_device=peak_flops_per_device)
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})
