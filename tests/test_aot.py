@@ -93,7 +93,7 @@ def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
     result = _aot("--topology", "v5litepod-1", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
                   '--gin.MODEL_OVERRIDES={"vocab_size": 4194304, "hidden_size": 1024}', "--gin.SEQUENCE_LENGTH=128",
                   "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"))
-    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.returncode == 1 and result.stdout.strip(), result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("fits=no per_device_gib=") and "hbm_gib=16.000" in last
     assert "does not fit" in result.stderr and "remat" in result.stderr

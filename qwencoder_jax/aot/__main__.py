@@ -76,11 +76,10 @@ def advice(report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qwencoder_jax.train.cli import parse_with_gin_flags
-
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
-    args, bindings = parse_with_gin_flags(parser, sys.argv[1:] if argv is None else argv)
-    try:
+    args, _ = parser.parse_known_args(argv)
+    try:  # before the heavy imports: a wrong name or a missing libtpu answers at once
         topology = topology_lib.parse(args.topology)
         if args.num_slices < 1:
             raise ValueError(f"--num_slices must be >= 1, got {args.num_slices}")
@@ -89,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from qwencoder_jax.aot import compile as compile_lib
+    from qwencoder_jax.train.cli import parse_with_gin_flags
+
+    args, bindings = parse_with_gin_flags(parser, argv)
 
     try:
         report = compile_lib.compile_stage(args.gin_file, bindings, topology, args.num_slices, args.mode,

@@ -31,8 +31,9 @@ from qwencoder_jax.train.optimizer import make_optimizer
 MODES = ("train", "prefill", "decode")
 # Data locations and the run length do not change what is compiled; where the gin files leave them required,
 # they get these placeholders (nothing is read).
-PLACEHOLDERS = {"CODE_DIR": '"unused"', "TEXT_DIR": '"unused"', "MATH_DIR": '"unused"', "REPO_DIR": '"unused"',
-                "STAGE1_WORKDIR": "None", "TOTAL_STEPS": "1000"}
+PLACEHOLDERS = {**{name: '"unused"' for name in ("CODE_DIR", "TEXT_DIR", "MATH_DIR", "REPO_DIR", "SFT_DIR")},
+                **{name: "None" for name in ("STAGE1_WORKDIR", "STAGE2_WORKDIR", "SFT_COARSE_WORKDIR")},
+                "TOTAL_STEPS": "1000"}
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
                 "s64": 8, "u64": 8, "f64": 8}
