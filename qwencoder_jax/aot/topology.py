@@ -114,6 +114,10 @@ def compile_devices(topology: Topology, num_slices: int = 1) -> list:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_WORKER_ID", "0")
+    # libtpu otherwise takes /tmp/libtpu_lockfile, and a second compile on this host (a launcher's check, a test's
+    # subprocess) fails with "Internal error when accessing libtpu multi-process lockfile"; nothing here touches
+    # a TPU, so processes need not exclude each other
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     # a one-chip slice is not divisible into libtpu's default 2x2x1 chips per host
