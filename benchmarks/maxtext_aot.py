@@ -51,7 +51,8 @@ def run_maxtext(topology: str, sequence: int, remat: str) -> dict:
                    "compile_topology_num_slices=1", "per_device_batch_size=1", f"max_target_length={sequence}",
                    f"remat_policy={remat}", "attention=flash", "skip_jax_distributed_system=true",
                    "enable_checkpointing=false", "dataset_type=synthetic", "weight_dtype=float32",
-                   "dtype=bfloat16", *[f"{key}={value}" for key, value in QWEN_7B.items()]]
+                   "dtype=bfloat16", "override_model_config=true",
+                   *[f"{key}={value}" for key, value in QWEN_7B.items()]]
         env = {**os.environ, "TPU_ACCELERATOR_TYPE": topology, "JAX_PLATFORMS": "cpu", "DECOUPLE_GCLOUD": "TRUE"}
         env.pop("PYTHONPATH", None)
         start = time.perf_counter()
