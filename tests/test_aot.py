@@ -169,3 +169,19 @@ def test_compiled_flops_match_the_model_flops_formula_on_the_dot_product_path():
         ratios[remat] = report.compiled_flops / (report.model_flops + masked_half * tokens_per_device)
     assert 1.0 <= ratios["none"] <= 1.05, ratios
     assert 4 / 3 * 0.97 <= ratios["full"] <= 4 / 3 * 1.05, ratios
+
+
+def test_hlo_collectives_and_mosaic_kernels_are_counted_from_the_result_shapes():
+    from qwencoder_jax.aot.compile import _hlo_figures
+
+    hlo = "\n".join([
+        "  %ag = (bf16[4,128]{1,0}, bf16[16,128]{1,0}) all-gather-start(bf16[4,128]{1,0} %p), dimensions={0}",
+        "  %cp = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(f32[8]{0} %x)",
+        "  %ar = f32[1024]{0} all-reduce(f32[1024]{0} %y), to_apply=%add",
+        '  %k = f32[2]{0} custom-call(f32[2]{0} %z), custom_call_target="tpu_custom_call"'])
+    mosaic, collectives = _hlo_figures(hlo)
+    assert mosaic == 1
+    assert collectives["all-gather"] == {"count": 1, "bytes": 16 * 128 * 2}
+    assert collectives["collective-permute"] == {"count": 1, "bytes": 8 * 4}
+    assert collectives["all-reduce"] == {"count": 1, "bytes": 1024 * 4}
+    assert collectives["reduce-scatter"]["count"] == 0

@@ -11,6 +11,7 @@ accumulation, mesh, all from gin); splash attention lowers through Mosaic becaus
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from typing import Any, Sequence
@@ -101,14 +102,11 @@ def _hlo_figures(hlo: str) -> tuple[int, dict[str, dict[str, int]]]:
         if not match:
             continue
         shapes = re.findall(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]", match.group(1))
+        if match.group(3) and len(shapes) > 1:  # an async start's tuple: (operand, result[, context scalars])
+            shapes = shapes[1:2]
         moved = 0
         for dtype, dims in shapes:
-            count = 1
-            for dim in filter(None, dims.split(",")):
-                count *= int(dim)
-            moved += count * _DTYPE_BYTES[dtype]
-        if match.group(3) and len(shapes) > 1:  # an async start's tuple holds (operand, result): count the result
-            moved = moved // 2 if match.group(2) != "all-gather" else moved - moved // len(shapes)
+            moved += math.prod(int(dim) for dim in filter(None, dims.split(","))) * _DTYPE_BYTES[dtype]
         collectives[match.group(2)]["count"] += 1
         collectives[match.group(2)]["bytes"] += moved
     return mosaic, collectives
