@@ -148,6 +148,7 @@ def test_context_parallel_stage2_compiles_with_a_sequence_axis():
     assert report.fits
 
 
+@pytest.mark.slow  # two unrolled compiles: about a minute
 def test_compiled_flops_match_the_model_flops_formula_on_the_dot_product_path():
     """XLA's FLOP count of the unscanned step (its cost analysis counts a loop body once) against 6N + attention:
     within 5% with no remat, and one more forward pass (8N, 4/3) with full remat -- no other recompute. The XLA
