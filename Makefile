@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-slow test-all bench bench-decode bench-data data-stdlib clean
+.PHONY: setup demo test test-slow test-all bench bench-decode bench-data aot-table bench-maxtext-aot data-stdlib clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,13 @@ bench: setup
 bench-decode: setup
 	$(PY) benchmarks/decode_throughput.py
 	$(PY) benchmarks/few_rows_matmul.py
+
+# Every shipped stage x the six presets compiled ahead of time for its TPU slice (docs/tpu_aot.md; hours on 2 cores).
+aot-table: setup
+	$(PY) benchmarks/aot_table.py --out docs/aot_table.md
+
+bench-maxtext-aot: setup
+	$(PY) benchmarks/maxtext_aot.py
 
 bench-data: setup
 	$(PY) benchmarks/dedup_throughput.py

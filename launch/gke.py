@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from tpu_slices import SliceType, stage_command  # launch/ is the script directory
+# launch/ is the script directory
+from tpu_slices import SliceType, aot_check_command, run_aot_check, stage_command
 
 # accelerator family -> GKE node selector value (slice geometry: tpu_slices.py)
 NODE_SELECTORS = {"v4": "tpu-v4-podslice", "v5p": "tpu-v5p-slice", "v5litepod": "tpu-v5-lite-podslice",
@@ -147,11 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cluster", default=None)
     parser.add_argument("--manifest", default=None, help="where to write the manifest (default: a temp file)")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--no_check", action="store_true",
+                        help="skip the ahead-of-time compile check (python -m qwencoder_jax.aot) before provisioning")
     args = parser.parse_args(argv)
     run = GkeRun(name=args.name, image=args.image, accelerator=args.accelerator, num_slices=args.num_slices,
                  stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry, gin_files=tuple(args.gin_file),
                  workdir=args.workdir, cluster=args.cluster,
                  topology=args.topology)
+    check = None if args.no_check else aot_check_command(run.accelerator, run.num_slices, run.stage,
+                                                         run.gin_bindings, run.gin_files)
+    if check and args.dry_run:
+        print(shlex.join(check))
+    elif check and run_aot_check(check, "gke"):
+        return 1
     if args.xpk:
         commands = xpk_commands(run)
     else:

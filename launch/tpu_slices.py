@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import subprocess
+import sys
 from typing import Sequence
 
 # family -> (TensorCores per chip counted in the type's number, chips per host)
@@ -48,3 +50,23 @@ def stage_command(entry: str, stage: str, gin_bindings: Sequence[str], gin_files
     flags = [f"--gin_file={stage}"] + [f"--gin_file={path}" for path in gin_files]
     flags += [f"--gin.{binding}" for binding in gin_bindings] + ([f"--workdir={workdir}"] if workdir else [])
     return f"python -m {entry} " + " ".join(shlex.quote(flag) for flag in flags)
+
+
+def aot_check_command(accelerator: str, num_slices: int, stage: str, gin_bindings: Sequence[str],
+                      gin_files: Sequence[str] = ()) -> list[str]:
+    """The ahead-of-time compile of the run's exact training step for the slice (`python -m qwencoder_jax.aot`),
+    run on the launching machine before anything is provisioned: exit 0 fits, 1 does not fit, 2 bad arguments."""
+    flags = [f"--gin_file={stage}"] + [f"--gin_file={path}" for path in gin_files]
+    flags += [f"--gin.{binding}" for binding in gin_bindings]
+    return [sys.executable, "-m", "qwencoder_jax.aot", "--topology", accelerator, "--num_slices", str(num_slices),
+            *flags]
+
+
+def run_aot_check(command: list[str], launcher: str) -> int:
+    """Runs the check; a nonzero status refuses the launch, saying why."""
+    status = subprocess.run(command).returncode
+    if status:
+        print(f"[{launcher}] refusing to provision: the ahead-of-time check exited {status} (1: the step does not "
+              f"fit the slice's HBM, 2: bad arguments or libtpu missing); fix it, or pass --no_check to skip",
+              file=sys.stderr)
+    return status

@@ -25,7 +25,8 @@ import sys
 import time
 from typing import Sequence
 
-from tpu_slices import SliceType, stage_command  # launch/ is the script directory
+# launch/ is the script directory
+from tpu_slices import SliceType, aot_check_command, run_aot_check, stage_command
 
 JAX_VERSION = "0.10.2"
 REMOTE_DIR = "qwencoder-jax"
@@ -159,23 +160,31 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     parser.add_argument("--spot", action="store_true")
     parser.add_argument("--keep", action="store_true", help="do not delete the TPUs at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
+    parser.add_argument("--no_check", action="store_true",
+                        help="skip the ahead-of-time compile check (python -m qwencoder_jax.aot) before provisioning")
     args = parser.parse_args(argv)
     run = TpuRun(name=args.name, project=args.project, zone=args.zone, accelerator=args.accelerator,
                  num_slices=args.num_slices, stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry,
                  gin_files=tuple(args.gin_file), workdir=args.workdir,
                  runtime_version=args.runtime_version, spot=args.spot, keep=args.keep)
     run.slice  # fail early on an unknown accelerator
-    return run, args.dry_run
+    check = None if args.no_check else aot_check_command(run.accelerator, run.num_slices, run.stage,
+                                                         run.gin_bindings, run.gin_files)
+    return run, args.dry_run, check
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run, dry_run = parse(argv)
+    run, dry_run, check = parse(argv)
     if dry_run:
+        if check:
+            print(shlex.join(check))
         print(f"# {run.num_slices} x {run.accelerator}: {run.slice.chips} chips and "
               f"{run.slice.hosts} hosts per slice")
         for command in plan(run):
             print(shlex.join(command))
         return 0
+    if check and run_aot_check(check, "tpu_vm"):
+        return 1
     return execute(run)
 
 

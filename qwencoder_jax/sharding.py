@@ -180,7 +180,8 @@ def logical_specs(boxed_tree: Any) -> Any:
 
 def abstract_boxed_params(model: nn.Module, *example_args) -> Any:
     """Parameter shapes with their nn.Partitioned metadata, without allocating (an eval_shape of init)."""
-    return jax.eval_shape(lambda rng: model.init(rng, *example_args), jax.random.key(0))["params"]
+    # the key is made inside the trace: nothing concrete is created (meshes of compile-only TPU devices allow none)
+    return jax.eval_shape(lambda *args: model.init(jax.random.key(0), *args), *example_args)["params"]
 
 
 def shard_params(params_or_abstract: Any, mesh, rules=LOGICAL_AXIS_RULES) -> Any:

@@ -19,9 +19,21 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+# libtpu for ahead-of-time TPU compilation (python -m qwencoder_jax.aot; x86-64 Linux wheels only), in a folder of
+# its own that only qwencoder_jax.aot puts on the path: CPU runs and tests never load or probe it (docs/tpu_aot.md).
+install_libtpu() {
+  [[ "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]] || return 0
+  local pin; pin=$(grep -v '^#' requirements-tpu-aot.txt | head -n1)
+  [[ -f "$VENV/libtpu-aot/.installed" && "$(cat "$VENV/libtpu-aot/.installed")" == "$pin" ]] && return 0
+  echo "[setup] installing $pin into $VENV/libtpu-aot (ahead-of-time TPU compilation)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --upgrade --target "$VENV/libtpu-aot" "$pin"
+  echo "$pin" > "$VENV/libtpu-aot/.installed"
+}
+
 stamp="$VENV/.installed"
 digest=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
+  install_libtpu
   exit 0
 fi
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -36,5 +48,6 @@ echo "[setup] installing Python packages (first run: a few minutes)"
   2> >(grep -v "is ignored: it is neither" >&2)
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
   2> >(grep -v "is ignored: it is neither" >&2)
+install_libtpu
 echo "$digest" > "$stamp"
 echo "[setup] done: $VENV"

@@ -22,6 +22,7 @@ LIBRARY_RULES = {
     "sharding": set(), "distributed": {"sharding"}, "allocator": set(), "assets": set(), "checkpoints": {"model"},
     "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator"},
     "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train"}, "generate": {"eval"},
+    "aot": {"model", "sharding", "train"},
     "convert": {"model", "checkpoints", "cpu_decode", "assets"},
 }
 

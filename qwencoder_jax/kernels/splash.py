@@ -23,7 +23,10 @@ shards so each holds one early and one late stretch of the sequence (equal causa
 Grouped-query attention needs no repeated keys/values: the multi-head kernel maps query head h to key/value head
 h // (heads / kv heads) in its index maps and reduces dk/dv over each group in its backward kernel.
 
-Off TPU the kernel runs in Pallas interpret mode: correct, differentiable and slow (tests only).
+The kernel is compiled through Mosaic whenever the computation targets TPU devices -- the ambient mesh's
+devices (`jax.set_mesh`, as `qwencoder_jax.sharding.activate` sets it), which may be TPUs described by a
+topology on a CPU host (ahead-of-time compilation, `qwencoder_jax.aot`) -- and runs in Pallas interpret mode
+(correct, differentiable and slow: tests only) when they are CPUs. Without a mesh, the default backend decides.
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 
 # The kernel's key/value blocks are computed in units of TPU vector lanes; its blocks must be multiples of this.
 LANES = 128
+
+
+def targets_tpu() -> bool:
+    """Whether the computation being traced targets TPU devices: the platform of the ambient mesh's devices
+    (kept by abstract meshes, also inside shard_map), else of the default backend. Not `jax.default_backend()`
+    alone: an ahead-of-time compile for a TPU topology runs on a CPU host."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
+    return platform == "tpu"
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -85,7 +98,8 @@ def splash_attention(q_bthe, k_bske, v_bske, segment_ids_bt=None, *, block_size:
     q_bthe [b, t, h, e]; k_bske, v_bske [b, t, k, e] with h a multiple of k (self-attention: s == t).
     segment_ids_bt: int [b, t]; a query sees only keys with its own id. None: one document per row.
     block_size: query and key/value block of the kernel, a multiple of 128; clipped to the sequence.
-    interpret: run the kernel in Pallas interpret mode; None means "unless on TPU".
+    interpret: run the kernel in Pallas interpret mode; None means "unless the target devices are TPUs"
+        (`targets_tpu`).
     """
     b, t, h, e = q_bthe.shape
     if k_bske.ndim != 4 or k_bske.shape[0] != b or k_bske.shape[3] != e or v_bske.shape != k_bske.shape:
@@ -99,7 +113,7 @@ def splash_attention(q_bthe, k_bske, v_bske, segment_ids_bt=None, *, block_size:
     if segment_ids_bt is not None and segment_ids_bt.shape != (b, t):
         raise ValueError(f"segment_ids must be [batch, length] = {(b, t)}, got {segment_ids_bt.shape}")
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = not targets_tpu()
 
     block = choose_block_size(t, block_size)
     padded = _round_up(t, block)

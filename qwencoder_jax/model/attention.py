@@ -3,7 +3,8 @@
 Backends compute softmax(q k^T / sqrt(e)) v under a causal, segment-aware mask and agree to float32
 rounding; they differ only in how:
   xla    plain einsums and a float32 softmax; the reference the others are tested against.
-  splash the Pallas TPU splash-attention kernel (`qwencoder_jax.kernels.splash`; Pallas interpret mode on CPU),
+  splash the Pallas TPU splash-attention kernel (`qwencoder_jax.kernels.splash`; Mosaic when the mesh's devices are
+         TPUs, Pallas interpret mode on CPU),
          under `shard_map` over the ambient mesh when one is active (`qwencoder_jax.sharding.activate`).
   cudnn  `jax.nn.dot_product_attention` with the cuDNN fused kernel on GPU (XLA's implementation elsewhere).
 """
@@ -132,7 +133,7 @@ def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe,
     axis_names = (length_axes,) if isinstance(length_axes, str) else tuple(length_axes)
     # the half exchange addresses devices along one mesh axis; a sequence over several axes stays contiguous
     zigzag = config.context_parallel_layout == "zigzag" and len(axis_names) == 1
-    kernel = splash.context_parallel_kernel(local_heads, t, block, shards, jax.default_backend() != "tpu",
+    kernel = splash.context_parallel_kernel(local_heads, t, block, shards, not splash.targets_tpu(),
                                             zigzag=zigzag)
     # the mask metadata's axes are [heads (identical masks: one entry), query blocks]; split the second
     kernel_spec = kernel.manual_sharding_spec(

@@ -80,14 +80,14 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           mesh: sharding.MeshConfig | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 3,
           log_every: int = 1, init_from: str | None = None, seed: int = 0,
           inference_overrides: dict | None = None, loss: LossConfig | None = None,
-          async_checkpoints: bool = True, peak_flops_per_second: float | None = None,
+          async_checkpoints: bool = True, peak_flops_per_device: float | None = None,
           restart_if_unrestorable: bool = False, allow_schedule_change: bool = False,
           stall_timeout_seconds: float | None = 600.0) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
     WORKDIR/inference_overrides.json beside the checkpoints (training itself runs without them);
-    peak_flops_per_second: the MFU denominator (None: measured once at start);
+    peak_flops_per_device: the MFU denominator per device (None: train/peak.py's chip table or CPU measurement);
     restart_if_unrestorable: start again from step 0 when the workdir's checkpoints exist but none restores (else
     the run stops); allow_schedule_change: resume although total_steps or the optimizer config changed;
     stall_timeout_seconds: a multi-process run in which no step finished for this long stops (train/watchdog.py)."""
@@ -96,7 +96,7 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
                            init_from=init_from, mesh=mesh or sharding.MeshConfig(fsdp=-1), loss=loss or LossConfig(),
-                           async_checkpoints=async_checkpoints, peak_flops_per_second=peak_flops_per_second,
+                           async_checkpoints=async_checkpoints, peak_flops_per_device=peak_flops_per_device,
                            restart_if_unrestorable=restart_if_unrestorable,
                            allow_schedule_change=allow_schedule_change,
                            stall_timeout_seconds=stall_timeout_seconds)
@@ -105,13 +105,27 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
     return config, dict(inference_overrides or {})
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses the files then the bindings; a binding of a macro no file uses (a typo) is a GinConfigError."""
+def parse(gin_files: Sequence[str], bindings: Sequence[str], placeholders: dict[str, str] | None = None) -> None:
+    """Parses the files, then the bindings; a binding of a macro no file uses (a typo) is a GinConfigError.
+    placeholders: macro -> gin value, bound only to macros the files and bindings leave %gin.REQUIRED (the
+    ahead-of-time compile, `qwencoder_jax.aot`, needs no data directories)."""
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
     with _quiet_gin_includes():
-        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
     gin_check.check_macros(bindings)
+    for macro, value in (placeholders or {}).items():
+        if _is_required(macro):
+            gin.parse_config(f"{macro} = {value}")
+    gin.finalize()
+
+
+def _is_required(macro: str) -> bool:
+    try:
+        value = gin.query_parameter(f"{macro}/macro.value")
+    except ValueError:  # not a macro of this config
+        return False
+    return repr(value) == "%gin.REQUIRED"  # gin spells an unset REQUIRED macro as a reference to gin.REQUIRED
 
 
 @contextlib.contextmanager

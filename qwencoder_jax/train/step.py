@@ -129,8 +129,9 @@ def _example_inputs(sequence_length: int = 8):
 def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, mesh,
                     rules=sharding.LOGICAL_AXIS_RULES) -> tuple[TrainState, TrainState]:
     """(abstract TrainState, its NamedShardings): parameters from the model's logical axes, optimizer moments
-    laid out like the parameters they track, scalars (step, counts) replicated."""
-    boxed = sharding.abstract_boxed_params(model, *_example_inputs())
+    laid out like the parameters they track, scalars (step, counts) replicated. Entirely abstract (eval_shape):
+    it serves meshes of devices this host cannot address (ahead-of-time compiles for a TPU topology)."""
+    boxed = sharding.abstract_boxed_params(model, jax.ShapeDtypeStruct((1, 8), jnp.int32))  # abstract: no arrays
     param_shardings = sharding.shard_params(boxed, mesh, rules)
     abstract_params = nn.meta.unbox(boxed)
     abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)

@@ -50,6 +50,7 @@ from qwencoder_jax import checkpoints, sharding
 from qwencoder_jax.data import fim, loader, tasks
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
+from qwencoder_jax.train import peak as peak_lib
 from qwencoder_jax.train import step as step_lib
 from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
@@ -87,7 +88,10 @@ class TrainerConfig:
     init_from: str | None = None
     mesh: sharding.MeshConfig = sharding.MeshConfig(fsdp=-1)
     num_devices: int | None = None  # None: every device; else the first num_devices (tests)
-    peak_flops_per_second: float | None = None  # MFU denominator; None: measured once at start (f32 matmul)
+    # MFU denominator: peak_flops_per_second is the whole run's; else peak_flops_per_device (None: the chip's bf16
+    # data-sheet peak on TPU/GPU, the measured f32 matmul peak on CPU) times the mesh's devices (train/peak.py)
+    peak_flops_per_second: float | None = None
+    peak_flops_per_device: float | None = None
     progress_bar: bool = True
     restart_if_unrestorable: bool = False  # checkpoints exist but none restores: start from step 0 (else stop)
     allow_schedule_change: bool = False  # resume although total_steps or the optimizer config changed
@@ -124,17 +128,7 @@ def register_data(config: TrainerConfig) -> None:
         tasks.register_recipe_mixtures(groups["code"], groups["text"], groups["math"], groups.get("repo"))
 
 
-def measure_peak_flops(size: int = 1024, repeats: int = 4) -> float:
-    """Best float32 matmul FLOP/s of this device (the MFU denominator, as in benchmarks/common.py)."""
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda a: a @ a)
-    matmul(a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+measure_peak_flops = peak_lib.measure_peak_flops  # kept importable from here
 
 
 class Trainer:
@@ -284,7 +278,8 @@ class Trainer:
         else:
             state, iterator, start, resumed_from = self._fresh_state(), self._new_iterator(), 0, None
         last_good = resumed_from
-        peak = config.peak_flops_per_second or measure_peak_flops()
+        peak = config.peak_flops_per_second or peak_lib.mesh_peak_flops(list(self.mesh.devices.flat),
+                                                                        config.peak_flops_per_device)
         flops_per_token = config.model.flops_per_token(config.loader.sequence_length, training=True)
         tokens_per_step = config.loader.batch_size * config.loader.sequence_length * jax.process_count()
 

@@ -21,8 +21,11 @@ COMMON = ["--name", "coder", "--project", "proj", "--zone", "us-east5-a", "--acc
 
 
 def dry_run_lines(module, argv, capsys) -> list[str]:
+    """The dry run's commands after the ahead-of-time check (its first line, checked in test_launch_aot_check)."""
     assert module.main(argv + ["--dry-run"]) == 0
-    return capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert "-m qwencoder_jax.aot --topology" in lines[0]
+    return lines[1:]
 
 
 def test_tpu_vm_single_slice_v5p_256(capsys):
@@ -154,3 +157,20 @@ def test_pod_launchers_refuse_to_run_without_a_workdir(capsys):
         with pytest.raises(SystemExit):
             module.main(argv + ["--dry-run"])
         assert "--workdir" in capsys.readouterr().err
+
+
+def test_launchers_check_ahead_of_time_first_unless_told_not_to(capsys):
+    """The check is the aot CLI on the launch's own slice, stage and bindings; --no_check drops it."""
+    from qwencoder_jax.aot.__main__ import _parser
+    from qwencoder_jax.train.cli import parse_with_gin_flags
+
+    for module, argv in ((tpu_vm, COMMON + ["--num-slices", "2"]),
+                         (gke, ["--name", "c", "--image", "i", "--workdir", "gs://b/r", "--num-slices", "2",
+                                "--gin", "MESH_SHAPE=(1,-1,1,1)"])):
+        assert module.main(argv + ["--dry-run"]) == 0
+        check = shlex.split(capsys.readouterr().out.splitlines()[0])
+        args, bindings = parse_with_gin_flags(_parser(), check[3:])
+        assert (args.topology, args.num_slices) == ("v5p-256", 2)
+        assert args.gin_file == ["gin/stages/stage1_file_level.gin"] and bindings == ["MESH_SHAPE = (1,-1,1,1)"]
+        assert module.main(argv + ["--dry-run", "--no_check"]) == 0
+        assert "qwencoder_jax.aot" not in capsys.readouterr().out

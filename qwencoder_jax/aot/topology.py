@@ -1,0 +1,126 @@
+"""TPU slice types by the names the launchers take ("v5p-256"), as compile-only devices from libtpu.
+
+    topology = parse("v5p-8")                 # 4 chips, "v5p:2x2x1", 95 GiB HBM per chip
+    devices = compile_devices(topology, num_slices=1)   # no TPU needed: libtpu describes the devices
+
+libtpu is not a dependency of CPU runs: scripts/setup.sh installs it into its own folder (`<venv>/libtpu-aot`),
+which only this module puts on the path, so ordinary CPU runs never load or probe it. `QWENCODER_LIBTPU_DIR`
+names another folder; an importable `libtpu` package is used as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+# family -> (TensorCores counted per chip in the type name, topology-description prefix, HBM GiB per chip,
+# peak bf16 dense TFLOP/s per chip) -- Google Cloud's TPU system-architecture pages.
+FAMILIES = {
+    "v4": (2, "v4", 32, 275.0),
+    "v5litepod": (1, "v5e", 16, 197.0),
+    "v5p": (2, "v5p", 95, 459.0),
+    "v6e": (1, "v6e", 32, 918.0),
+}
+# chips -> the slice's chip grid (the shapes Cloud TPU provisions; 3D tori for v4/v5p, 2D for v5e/v6e)
+GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+           512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+CHIPS_PER_HOST = 4
+INSTALL_HINT = ("libtpu is not installed: run scripts/setup.sh (x86-64 Linux), or `pip install --target "
+                "<venv>/libtpu-aot libtpu==0.0.42.1` (the version jax's tpu extra pins)")
+
+
+class LibtpuMissing(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # the launchers' accelerator type, e.g. "v5p-256"
+    family: str
+    chips: int
+    grid: str  # e.g. "4x8x8"
+
+    @property
+    def description(self) -> str:
+        """The name libtpu's topology description takes, e.g. "v5p:4x8x8"."""
+        return f"{FAMILIES[self.family][1]}:{self.grid}"
+
+    @property
+    def hbm_bytes_per_chip(self) -> int:
+        return FAMILIES[self.family][2] * 2**30
+
+    @property
+    def peak_flops_per_chip(self) -> float:
+        return FAMILIES[self.family][3] * 1e12
+
+    @property
+    def hosts(self) -> int:
+        return max(1, self.chips // CHIPS_PER_HOST)
+
+
+def known_topologies() -> list[str]:
+    names = []
+    for family, (cores, *_rest) in FAMILIES.items():
+        grid = GRID_3D if family in ("v4", "v5p") else GRID_2D
+        names += [f"{family}-{chips * cores}" for chips in sorted(grid)]
+    return names
+
+
+def parse(name: str) -> Topology:
+    """A Topology from a launcher name; ValueError listing the known names otherwise."""
+    family, _, count = name.rpartition("-")
+    if family in FAMILIES and count.isdigit():
+        cores = FAMILIES[family][0]
+        chips, remainder = divmod(int(count), cores)
+        grid = (GRID_3D if family in ("v4", "v5p") else GRID_2D).get(chips)
+        if grid and not remainder:
+            return Topology(name=name, family=family, chips=chips, grid=grid)
+    raise ValueError(f"unknown TPU topology {name!r}; known: {' '.join(known_topologies())}")
+
+
+def _libtpu_dir() -> Path | None:
+    configured = os.environ.get("QWENCODER_LIBTPU_DIR")
+    if configured is not None:
+        return Path(configured)
+    if importlib.util.find_spec("libtpu") is not None:
+        return None  # importable as it is
+    return Path(sys.prefix) / "libtpu-aot"
+
+
+def libtpu_path() -> str:
+    """The path of libtpu.so, or LibtpuMissing with the install hint."""
+    folder = _libtpu_dir()
+    candidates = [folder / "libtpu" / "libtpu.so"] if folder is not None else []
+    if folder is None:
+        spec = importlib.util.find_spec("libtpu")
+        candidates = [Path(location) / "libtpu.so" for location in (spec.submodule_search_locations or [])]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    where = f" (looked in {folder})" if folder is not None else ""
+    raise LibtpuMissing(INSTALL_HINT + where)
+
+
+def compile_devices(topology: Topology, num_slices: int = 1) -> list:
+    """The slice's TPU devices (num_slices slices of it), good for compiling only."""
+    path = libtpu_path()
+    os.environ["TPU_LIBRARY_PATH"] = path  # jax loads the TPU plugin from here
+    # quiets libtpu's probing of the host for a TPU it will not find (the metadata server, worker hostnames)
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name)
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_WORKER_ID", "0")
+    # libtpu otherwise takes /tmp/libtpu_lockfile, and a second compile on this host (a launcher's check, a test's
+    # subprocess) fails with "Internal error when accessing libtpu multi-process lockfile"; nothing here touches
+    # a TPU, so processes need not exclude each other
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    # a one-chip slice is not divisible into libtpu's default 2x2x1 chips per host
+    bounds = {"chips_per_host_bounds": (1, 1, 1)} if topology.chips == 1 else {}
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.description,
+                                             num_slices=num_slices, **bounds).devices)

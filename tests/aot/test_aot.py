@@ -1,0 +1,188 @@
+"""Ahead-of-time TPU compilation (qwencoder_jax.aot) on this CPU host, through libtpu's topology descriptions."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwencoder_jax.aot import topology
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE1 = str(ROOT / "gin/stages/stage1_file_level.gin")
+STAGE2 = str(ROOT / "gin/stages/stage2_repo_level.gin")
+TINY = str(ROOT / "gin/models/tiny.gin")
+# The tiny preset widened so every sharded parameter fills whole TPU tiles (8 x 128): the compiled argument bytes
+# then equal the sharding table's bytes up to the padding of biases and norms (tiny's 16-wide heads would be
+# padded eightfold, which is TPU layout, not sharding).
+WIDE_TINY = ('MODEL_OVERRIDES = {"hidden_size": 512, "num_heads": 8, "num_kv_heads": 8, "head_dim": 128, '
+             '"intermediate_size": 512}')
+SPLASH = ['ATTENTION_BACKEND = "splash"', 'REMAT_POLICY = "full"', "SEQUENCE_LENGTH = 256", "BATCH_SIZE = 4"]
+
+
+def _libtpu_or_skip():
+    try:
+        topology.libtpu_path()
+    except topology.LibtpuMissing as error:
+        pytest.skip(f"{error} (scripts/setup.sh installs it on x86-64 Linux)")
+
+
+@pytest.fixture(scope="module")
+def compile_tiny():
+    _libtpu_or_skip()
+    from qwencoder_jax.aot import compile as compile_lib
+
+    reports = {}
+
+    def run(mode):
+        if mode not in reports:
+            reports[mode] = compile_lib.compile_stage([STAGE1, TINY], SPLASH + [WIDE_TINY],
+                                                      topology.parse("v5litepod-4"), mode=mode, new_tokens=128)
+        return reports[mode]
+
+    return run
+
+
+def test_train_step_compiles_with_the_mosaic_splash_kernel(compile_tiny):
+    report = compile_tiny("train")
+    assert report.devices == 4 and report.mesh["fsdp"] == 4
+    assert report.mosaic_kernels >= 2  # splash forward, and its backward (dq, dkv) kernels
+    for figure in (report.argument_bytes, report.output_bytes, report.temp_bytes, report.code_bytes):
+        assert figure > 0
+    assert report.fits
+    expected = report.state_bytes + report.input_bytes
+    assert abs(report.argument_bytes - expected) <= 0.05 * expected, (report.argument_bytes, expected)
+    # the donated state comes back in place: every output byte but the replicated metrics is aliased
+    assert report.alias_bytes >= report.state_bytes
+    # fsdp: parameters are all-gathered for the layers
+    assert report.collectives["all-gather"]["count"] > 0
+
+
+def test_state_bytes_match_the_parameter_count(compile_tiny):
+    """The sharding table's state bytes against an independent count: float32 params + 2 Adam moments, split
+    over the 4 fsdp devices except the replicated (unsharded) vectors."""
+    from qwencoder_jax.model.config import get_preset
+
+    report = compile_tiny("train")
+    config = get_preset("tiny", hidden_size=512, num_heads=8, num_kv_heads=8, head_dim=128, intermediate_size=512)
+    total = config.num_params()
+    replicated = config.num_layers * (3 * 8 * 128 + 2 * 512) + 512  # q/k/v biases (heads over tensor=1), norms
+    expected = 3 * 4 * ((total - replicated) / 4 + replicated)
+    assert abs(report.state_bytes - expected) <= 1e-3 * expected
+
+
+def test_prefill_and_decode_compile(compile_tiny):
+    prefill, decode = compile_tiny("prefill"), compile_tiny("decode")
+    assert prefill.mosaic_kernels >= 1  # the prompt attends through splash
+    assert decode.mosaic_kernels == 0  # a decode step reads the cache with plain einsums
+    for report in (prefill, decode):
+        assert report.argument_bytes > 0 and report.output_bytes > 0 and report.fits
+        assert report.argument_bytes >= report.state_bytes  # parameters (no optimizer state) + cache + tokens
+
+
+def _aot(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "qwencoder_jax.aot", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
+    _libtpu_or_skip()
+    # a 4M-token vocabulary at width 1024: 16 GiB of embedding, times three with Adam, on one 16 GiB v5e chip
+    result = _aot("--topology", "v5litepod-1", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
+                  '--gin.MODEL_OVERRIDES={"vocab_size": 4194304, "hidden_size": 1024}', "--gin.SEQUENCE_LENGTH=128",
+                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"))
+    assert result.returncode == 1 and result.stdout.strip(), result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("fits=no per_device_gib=") and "hbm_gib=16.000" in last
+    assert "does not fit" in result.stderr and "remat" in result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fits"] is False and report["argument_bytes"] > 3 * 4194304 * 1024 * 4
+
+
+def test_unknown_topology_lists_the_known_ones(capsys):
+    from qwencoder_jax.aot.__main__ import main
+
+    assert main(["--topology", "v5p-7", f"--gin_file={STAGE1}"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown TPU topology 'v5p-7'" in error and "v5p-8" in error and "v5litepod-4" in error
+
+
+def test_topology_names_map_to_chip_grids():
+    assert topology.parse("v5p-8").description == "v5p:2x2x1"  # v5p counts TensorCores: 8 = 4 chips
+    assert topology.parse("v4-2048").description == "v4:8x8x16"
+    assert topology.parse("v5litepod-16").description == "v5e:4x4"
+    assert topology.parse("v6e-256").description == "v6e:16x16"
+    assert topology.parse("v5p-256").hosts == 32
+
+
+def test_missing_libtpu_exits_2_with_the_install_hint(tmp_path):
+    result = _aot("--topology", "v5p-8", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
+                  env={"QWENCODER_LIBTPU_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "libtpu is not installed" in result.stderr and "pip install" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_stage1_of_the_0_5b_preset_fits_a_v5p_8():
+    _libtpu_or_skip()
+    result = _aot("--topology", "v5p-8", f"--gin_file={STAGE1}",
+                  f"--gin_file={ROOT / 'gin/models/qwen2.5-coder-0.5b.gin'}", "--gin.BATCH_SIZE=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("fits=yes") and "mosaic_kernels=0" not in last
+
+
+@pytest.mark.slow
+def test_context_parallel_stage2_compiles_with_a_sequence_axis():
+    _libtpu_or_skip()
+    from qwencoder_jax.aot import compile as compile_lib
+
+    report = compile_lib.compile_stage([STAGE2, TINY], [WIDE_TINY, 'ATTENTION_BACKEND = "splash"',
+                                                        "SEQUENCE_LENGTH = 4096", "BATCH_SIZE = 1",
+                                                        "MESH_SHAPE = (1, 1, 4, 1)"], topology.parse("v5p-8"))
+    assert report.mesh["sequence"] == 4 and report.mosaic_kernels >= 2
+    assert report.collectives["collective-permute"]["count"] > 0  # the zig-zag exchange of query halves
+    assert report.fits
+
+
+@pytest.mark.slow  # two unrolled compiles: about a minute
+def test_compiled_flops_match_the_model_flops_formula_on_the_dot_product_path():
+    """XLA's FLOP count of the unscanned step (its cost analysis counts a loop body once) against 6N + attention:
+    within 5% with no remat, and one more forward pass (8N, 4/3) with full remat -- no other recompute. The XLA
+    path computes every score, masked or not, so attention counts the full T x T (the formula's causal half x 2)."""
+    _libtpu_or_skip()
+    from qwencoder_jax.aot import compile as compile_lib
+    from qwencoder_jax.model.config import get_preset
+
+    wide = dict(hidden_size=512, num_heads=8, num_kv_heads=8, head_dim=128, intermediate_size=512)
+    config = get_preset("tiny", **wide)
+    overrides = "MODEL_OVERRIDES = " + repr({**wide, "scan_layers": False})
+    ratios = {}
+    for remat in ("none", "full"):
+        report = compile_lib.compile_stage([STAGE1, TINY], [overrides, 'ATTENTION_BACKEND = "xla"',
+                                                            f'REMAT_POLICY = "{remat}"', "SEQUENCE_LENGTH = 256",
+                                                            "BATCH_SIZE = 4"], topology.parse("v5litepod-4"))
+        tokens_per_device = report.tokens_per_step / report.devices
+        masked_half = 3 * config.num_layers * 2 * 2 * config.num_heads * config.head_dim * 256 / 2
+        ratios[remat] = report.compiled_flops / (report.model_flops + masked_half * tokens_per_device)
+    assert 1.0 <= ratios["none"] <= 1.05, ratios
+    assert 4 / 3 * 0.97 <= ratios["full"] <= 4 / 3 * 1.05, ratios
+
+
+def test_hlo_collectives_and_mosaic_kernels_are_counted_from_the_result_shapes():
+    from qwencoder_jax.aot.compile import _hlo_figures
+
+    hlo = "\n".join([
+        "  %ag = (bf16[4,128]{1,0}, bf16[16,128]{1,0}) all-gather-start(bf16[4,128]{1,0} %p), dimensions={0}",
+        "  %cp = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(f32[8]{0} %x)",
+        "  %ar = f32[1024]{0} all-reduce(f32[1024]{0} %y), to_apply=%add",
+        '  %k = f32[2]{0} custom-call(f32[2]{0} %z), custom_call_target="tpu_custom_call"'])
+    mosaic, collectives = _hlo_figures(hlo)
+    assert mosaic == 1
+    assert collectives["all-gather"] == {"count": 1, "bytes": 16 * 128 * 2}
+    assert collectives["collective-permute"] == {"count": 1, "bytes": 8 * 4}
+    assert collectives["all-reduce"] == {"count": 1, "bytes": 1024 * 4}
+    assert collectives["reduce-scatter"]["count"] == 0
