@@ -108,18 +108,6 @@ def test_survivor_fails_on_its_own_without_the_launcher(tmp_path):
 # --- the real trainer, through its command line ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stage1_data(tmp_path_factory):
-    """Stage 1's three sources in the data pipelines' output layout (shards + manifest): stdlib code, docs, math."""
-    import data_helpers
-
-    root = tmp_path_factory.mktemp("stage1_data")
-    data_helpers.write_code_files(root / "code", limit=20)
-    data_helpers.write_text(root / "text", limit=10)
-    data_helpers.write_text(root / "math", kind="math", limit=10)
-    return root
-
-
 def stage1_command(data: Path, workdir: Path, steps: int) -> list[str]:
     # Every process reads the whole stream (loader_config.process_count=1), so the 2-process global batch is the
     # 1-process batch twice over: the mean loss and its gradients are the same numbers, computed with collectives

@@ -24,17 +24,6 @@ from qwencoder_jax import checkpoints
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def stage1_data(tmp_path_factory):
-    import data_helpers
-
-    root = tmp_path_factory.mktemp("stage1_data")
-    data_helpers.write_code_files(root / "code", limit=20)
-    data_helpers.write_text(root / "text", limit=10)
-    data_helpers.write_text(root / "math", kind="math", limit=10)
-    return root
-
-
 def command(data: Path, workdir: Path, *extra: str) -> list[str]:
     return [sys.executable, "launch/local.py", "--num-processes", "2", "--devices-per-process", "2",
             "--timeout", "500", "--", sys.executable, "-m", "qwencoder_jax.train",
