@@ -26,7 +26,8 @@ install_libtpu() {
   local pin; pin=$(grep -v '^#' requirements-tpu-aot.txt | head -n1)
   [[ -f "$VENV/libtpu-aot/.installed" && "$(cat "$VENV/libtpu-aot/.installed")" == "$pin" ]] && return 0
   echo "[setup] installing $pin into $VENV/libtpu-aot (ahead-of-time TPU compilation)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --upgrade --target "$VENV/libtpu-aot" "$pin"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --upgrade --target "$VENV/libtpu-aot" "$pin" \
+    2> >(grep -v "is ignored: it is neither" >&2)
   echo "$pin" > "$VENV/libtpu-aot/.installed"
 }
 
