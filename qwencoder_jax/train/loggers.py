@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -67,7 +68,7 @@ class WandbWriter:
             raise RuntimeError("train.wandb_project is set but the wandb package is not installed "
                                "(pip install the version pinned in requirements.txt)") from error
         id_file = workdir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
         self._run = wandb.init(project=project, dir=str(workdir), name=workdir.name, id=run_id, resume="allow",
                                config=config)

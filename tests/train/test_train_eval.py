@@ -145,20 +145,20 @@ RUN_SCRIPT = textwrap.dedent("""
     from jax import monitoring
     counts = {}
     monitoring.register_event_listener(lambda name, **kw: counts.__setitem__(name, counts.get(name, 0) + 1))
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, TESTS_DIR)
     from test_train_eval import config
     from qwencoder_jax.train.trainer import Trainer
     overrides = json.loads(sys.argv[3])
     result = Trainer(config(sys.argv[1], sys.argv[2], **overrides)).run()
-    print(json.dumps({{"stop": result.stop_reason, "messages": result.messages,
+    print(json.dumps({"stop": result.stop_reason, "messages": result.messages,
                       "hits": counts.get("/jax/compilation_cache/cache_hits", 0),
-                      "misses": counts.get("/jax/compilation_cache/cache_misses", 0)}}))
+                      "misses": counts.get("/jax/compilation_cache/cache_misses", 0)}))
 """)
 
 
 def run_script(tmp_path, workdir, data_dir, overrides: dict, env_extra: dict | None = None) -> dict:
     script = tmp_path / "run.py"
-    script.write_text(RUN_SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(RUN_SCRIPT.replace("TESTS_DIR", repr(str(Path(__file__).parent))))
     env = {**os.environ, **(env_extra or {})}
     done = subprocess.run([sys.executable, str(script), str(workdir), str(data_dir), json.dumps(overrides)],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -192,8 +192,13 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path, data_dir):
     assert result["stop"] == "completed"
     runs = list((workdir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((workdir / "wandb").iterdir())
-    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    # The run file holds wandb's history records, each value as JSON text (wandb 0.31 ships no offline reader; a
+    # later `wandb sync` uploads this file): every logged value of metrics.jsonl must be in it, keys included.
+    data = next(runs[0].glob("run-*.wandb")).read_bytes()
     metrics = read_metrics(workdir)
-    assert summary["loss"] == pytest.approx(metrics[2]["loss"])
-    assert summary["eval/loss"] == pytest.approx(metrics[2]["eval/loss"])
-    assert summary["_step"] == 2
+    assert "eval/loss" in metrics[2]
+    for record in metrics.values():
+        for key in ("loss", "grad_norm", "learning_rate", "eval/loss"):
+            if key in record:
+                assert key.encode() in data and json.dumps(record[key]).encode() in data, (record["step"], key)
+    assert (workdir / "wandb_run_id").read_text().strip() in runs[0].name
