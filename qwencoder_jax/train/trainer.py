@@ -9,7 +9,9 @@ WORKDIR/
                         step_time, mfu, tokens (loss-bearing tokens of the step), and per mixture source
                         `loss/<source>` (its tokens' mean cross-entropy, z-loss excluded; absent when the step
                         held none of its tokens) and `tokens/<source>`
-  tensorboard/          event files of the same scalars
+                        and, every eval_every steps, the held-out `eval/loss`, `eval/loss/<source>`,
+                        `eval/tokens`, `eval/seconds` (train/evaluation.py; docs/MONITORING.md)
+  tensorboard/          event files of the same scalars (also to Weights & Biases with wandb_project: WORKDIR/wandb)
 
 Behaviour:
 - Metrics are fetched one step late: step s's metrics are read after step s+1 is dispatched, so the host never
