@@ -170,6 +170,7 @@ def cache_entries(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()} if directory.is_dir() else set()
 
 
+@pytest.mark.slow  # fresh processes: jax start-up and compiles, ~40 s each on 2 cores
 def test_second_identical_run_reads_the_compilation_cache(tmp_path, data_dir):
     cache = tmp_path / "xla_cache"
     overrides = {"compilation_cache_dir": str(cache), "total_steps": 2, "eval_every": 0}
@@ -185,6 +186,7 @@ def test_second_identical_run_reads_the_compilation_cache(tmp_path, data_dir):
     assert cache_entries(cache) == entries  # nothing new compiled
 
 
+@pytest.mark.slow  # fresh processes: jax start-up and compiles, ~40 s each on 2 cores
 def test_wandb_offline_run_holds_the_metrics(tmp_path, data_dir):
     workdir = tmp_path / "run"
     result = run_script(tmp_path, workdir, data_dir, {"wandb_project": "qwencoder-test", "total_steps": 2},
