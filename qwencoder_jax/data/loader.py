@@ -133,9 +133,13 @@ def _source_dataset(spec: samples.SourceSpec, vocabulary, seed: int, config: Loa
     return records.repeat(None).map(BuildDocuments(spec, vocabulary, source_id))
 
 
-def make_document_dataset(name: str, config: LoaderConfig) -> grain.IterDataset:
-    """The mixed documents ({ids, loss_mask, source, source_id}) of a registered task or mixture, before packing."""
-    resolved = tasks.resolve(name)
+def make_document_dataset(name: str, config: LoaderConfig, split: str | None = None,
+                          only_sources: tuple[str, ...] | None = None) -> grain.IterDataset:
+    """The mixed documents ({ids, loss_mask, source, source_id}) of a registered task or mixture, before packing.
+    split: read this split instead of each task's own (e.g. "validation" for evaluation); only_sources: keep these
+    tasks of the mixture (their rates renormalised), numbered as in the whole mixture."""
+    resolved = [(spec if split is None else dataclasses.replace(spec, split=split), vocabulary, rate)
+                for spec, vocabulary, rate in tasks.resolve(name)]
     shard = _process_shard(config)
     for spec, _, _ in resolved:
         if spec.max_tokens > config.sequence_length + 1:
@@ -143,17 +147,22 @@ def make_document_dataset(name: str, config: LoaderConfig) -> grain.IterDataset:
                              f"sequence_length + 1 = {config.sequence_length + 1}; register it with "
                              f"max_tokens={config.sequence_length + 1}")
     # Each source's seed differs (same seed would shuffle same-sized sources identically).
-    sources = [_source_dataset(spec, vocabulary, config.seed * 1_000_003 + index, config, shard, index + 1)
-               for index, (spec, vocabulary, _) in enumerate(resolved)]
-    rates = [rate for _, _, rate in resolved]
+    kept = [index for index, (spec, _, _) in enumerate(resolved) if only_sources is None or spec.name in only_sources]
+    if not kept:
+        raise ValueError(f"{name!r} has none of the sources {only_sources}")
+    sources = [_source_dataset(resolved[index][0], resolved[index][1], config.seed * 1_000_003 + index, config, shard,
+                               index + 1) for index in kept]
+    rates = [resolved[index][2] for index in kept]
     mixed = sources[0] if len(sources) == 1 else grain.MapDataset.mix(sources, weights=rates)
     return CountBadInput(mixed.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                                  prefetch_buffer_size=8 * config.read_threads)))
 
 
-def make_dataset(name: str, config: LoaderConfig) -> grain.IterDataset:
-    """The batch stream of a registered task or mixture (see the module docstring)."""
-    documents = make_document_dataset(name, config)
+def make_dataset(name: str, config: LoaderConfig, split: str | None = None,
+                 only_sources: tuple[str, ...] | None = None) -> grain.IterDataset:
+    """The batch stream of a registered task or mixture (see the module docstring); split and only_sources as in
+    make_document_dataset."""
+    documents = make_document_dataset(name, config, split, only_sources)
     length = config.sequence_length
     shifted = documents.map(lambda document: packing.shift_document(document, length))
     rows = packing.pack_dataset(shifted, packing.PackingConfig(

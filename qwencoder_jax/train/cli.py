@@ -82,7 +82,8 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
           inference_overrides: dict | None = None, loss: LossConfig | None = None,
           async_checkpoints: bool = True, peak_flops_per_device: float | None = None,
           restart_if_unrestorable: bool = False, allow_schedule_change: bool = False,
-          stall_timeout_seconds: float | None = 600.0) -> tuple[TrainerConfig, dict]:
+          stall_timeout_seconds: float | None = 600.0, eval_every: int = 0, eval_batches: int = 4,
+          compilation_cache_dir: str | None = None, wandb_project: str | None = None) -> tuple[TrainerConfig, dict]:
     """The run's TrainerConfig. data_sources: (name, dataset_dir, kind[, fim_rate]) tuples, registered as tasks;
     recipe_groups: {"code": ..., "text": ..., "math": ..., "repo": ...} for tasks.register_recipe_mixtures;
     inference_overrides: model fields for serving the result (stage 2's YaRN for 131,072 tokens), written to
@@ -90,7 +91,10 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
     peak_flops_per_device: the MFU denominator per device (None: train/peak.py's chip table or CPU measurement);
     restart_if_unrestorable: start again from step 0 when the workdir's checkpoints exist but none restores (else
     the run stops); allow_schedule_change: resume although total_steps or the optimizer config changed;
-    stall_timeout_seconds: a multi-process run in which no step finished for this long stops (train/watchdog.py)."""
+    stall_timeout_seconds: a multi-process run in which no step finished for this long stops (train/watchdog.py);
+    eval_every/eval_batches: held-out loss every N steps (0 = off) over that many validation batches
+    (train/evaluation.py); compilation_cache_dir: jax's persistent compilation cache (None: off);
+    wandb_project: also log to Weights & Biases (train/loggers.py)."""
     sources = tuple(DataSource(*entry) for entry in data_sources)
     config = TrainerConfig(workdir=workdir, model=model, mixture=mixture, total_steps=total_steps, loader=loader,
                            optimizer=optimizer, data_sources=sources, recipe_groups=recipe_groups, seed=seed,
@@ -99,7 +103,9 @@ def train(workdir: str, model: ModelConfig = gin.REQUIRED, mixture: str = gin.RE
                            async_checkpoints=async_checkpoints, peak_flops_per_device=peak_flops_per_device,
                            restart_if_unrestorable=restart_if_unrestorable,
                            allow_schedule_change=allow_schedule_change,
-                           stall_timeout_seconds=stall_timeout_seconds)
+                           stall_timeout_seconds=stall_timeout_seconds, eval_every=eval_every,
+                           eval_batches=eval_batches, compilation_cache_dir=compilation_cache_dir,
+                           wandb_project=wandb_project)
     if inference_overrides:
         model.replace(**inference_overrides)  # fails here, before any work, if a field is wrong
     return config, dict(inference_overrides or {})

@@ -9,7 +9,9 @@ WORKDIR/
                         step_time, mfu, tokens (loss-bearing tokens of the step), and per mixture source
                         `loss/<source>` (its tokens' mean cross-entropy, z-loss excluded; absent when the step
                         held none of its tokens) and `tokens/<source>`
-  tensorboard/          event files of the same scalars
+                        and, every eval_every steps, the held-out `eval/loss`, `eval/loss/<source>`,
+                        `eval/tokens`, `eval/seconds` (train/evaluation.py; docs/MONITORING.md)
+  tensorboard/          event files of the same scalars (also to Weights & Biases with wandb_project: WORKDIR/wandb)
 
 Behaviour:
 - Metrics are fetched one step late: step s's metrics are read after step s+1 is dispatched, so the host never
@@ -50,6 +52,7 @@ from qwencoder_jax import checkpoints, sharding
 from qwencoder_jax.data import fim, loader, tasks
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
+from qwencoder_jax.train import loggers
 from qwencoder_jax.train import peak as peak_lib
 from qwencoder_jax.train import step as step_lib
 from qwencoder_jax.train.loss import LossConfig
@@ -97,8 +100,16 @@ class TrainerConfig:
     allow_schedule_change: bool = False  # resume although total_steps or the optimizer config changed
     # Multi-process runs: no step finished for this long (after the first) ends the process (train/watchdog.py).
     stall_timeout_seconds: float | None = 600.0
+    # Held-out loss every eval_every steps (0 = off) over eval_batches fixed validation batches (train/evaluation.py).
+    eval_every: int = 0
+    eval_batches: int = 4
+    compilation_cache_dir: str | None = None  # persistent XLA compilation cache (train/loggers.py); None: off
+    wandb_project: str | None = None  # also log to Weights & Biases (train/loggers.py); None: TensorBoard only
 
     def __post_init__(self):
+        if self.eval_every < 0 or self.eval_batches < 1:
+            raise ValueError(f"TrainerConfig needs eval_every >= 0 and eval_batches >= 1; got {self.eval_every}, "
+                             f"{self.eval_batches}")
         if self.total_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError(f"TrainerConfig needs total_steps, checkpoint_every, log_every, keep_checkpoints >= 1; "
                              f"got {self.total_steps}, {self.checkpoint_every}, {self.log_every}, "
@@ -268,8 +279,15 @@ class Trainer:
     def run(self) -> TrainResult:
         config = self.config
         self.workdir.mkdir(parents=True, exist_ok=True)
+        loggers.enable_compilation_cache(config.compilation_cache_dir, self._say)  # before the first compile
         register_data(config)
         self._build()
+        evaluator = None
+        if config.eval_every:
+            from qwencoder_jax.train.evaluation import Evaluator
+
+            evaluator = Evaluator.build(self.model, config.mixture, config.loader, config.loss, config.eval_batches,
+                                        self.batch_sharding, self._say)
         restored = self._restore_latest()
         if restored is not None:
             state, iterator, start = restored
@@ -284,7 +302,7 @@ class Trainer:
         tokens_per_step = config.loader.batch_size * config.loader.sequence_length * jax.process_count()
 
         previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
-        writer = _SummaryWriter(self.workdir / "tensorboard") if jax.process_index() == 0 else None
+        writer = loggers.open_writers(self.workdir, config, self._say) if jax.process_index() == 0 else None
         metrics_file = _open_metrics(self.workdir / "metrics.jsonl", start) if jax.process_index() == 0 else None
         progress = _progress_bar(config, start)
         watchdog = None
@@ -297,8 +315,9 @@ class Trainer:
         pending = None  # (step, device metrics) not yet read
         last_time = time.perf_counter()
 
-        def read(step_and_metrics) -> bool:
-            """Reads one step's metrics (blocking on it); logs them; False if they are not finite."""
+        def read(step_and_metrics, evaluate=None) -> bool:
+            """Reads one step's metrics (blocking on it); logs them; False if they are not finite. evaluate: the
+            step's eval pass, run after its metrics are read (timed apart from the steps) and logged with them."""
             nonlocal last_time
             step, metrics = step_and_metrics
             fetched = jax.device_get(metrics)
@@ -310,13 +329,16 @@ class Trainer:
                 watchdog.progress(step)
             if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
                 return False
-            if step % config.log_every == 0 or step == config.total_steps:
+            if step % config.log_every == 0 or step == config.total_steps or evaluate:
                 tokens_per_second = tokens_per_step / step_time
                 record = {"step": step, "loss": values["loss"], "grad_norm": values["grad_norm"],
                           "learning_rate": float(self.schedule(step - 1)), "tokens": values["tokens"],
                           "tokens_per_second": tokens_per_second, "step_time": step_time,
                           "mfu": flops_per_token * tokens_per_second / peak}
                 record.update(self._per_source(fetched))
+                if evaluate:
+                    record.update(evaluate())
+                    last_time = time.perf_counter()  # the next step's time leaves the eval pass out
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
@@ -335,8 +357,14 @@ class Trainer:
                     break
                 pending, final_step = (step + 1, metrics), step + 1
                 progress.update(1)
+                if evaluator and (step + 1) % config.eval_every == 0:
+                    ok = read(pending, evaluate=lambda: evaluator.evaluate(state.params))
+                    pending = None
+                    if not ok:
+                        stop_reason = "non_finite"
+                        break
                 if (step + 1) % config.checkpoint_every == 0 or self._stop_requested:
-                    ok = read(pending)
+                    ok = pending is None or read(pending)
                     pending = None
                     if not ok:
                         stop_reason = "non_finite"
@@ -403,27 +431,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-class _SummaryWriter:
-    """TensorBoard scalars through the tensorboard package's own event writer: no TensorFlow import (which costs
-    seconds and, on a CPU-only host, logs a CUDA probe failure)."""
-
-    def __init__(self, directory: Path):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self._writer = EventFileWriter(str(directory))
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=float(value))
-                                             for name, value in values.items()])
-        self._writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
-
-    def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
 
 
 class _NoProgress:

@@ -218,7 +218,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, reference, data_dir
     _, uninterrupted = reference
     workdir = tmp_path / "killed"
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(Path(__file__).resolve().parents[1]), workdir=str(workdir), data=str(data_dir),
+    script.write_text(CHILD.format(tests=str(Path(__file__).resolve().parent), workdir=str(workdir), data=str(data_dir),
                                    extra="checkpoint_every=3"))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = workdir / "checkpoints" / "3" / "commit_success.txt"
@@ -241,7 +241,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, reference, data_dir
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
     workdir = tmp_path / "preempted"
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(Path(__file__).resolve().parents[1]), workdir=str(workdir), data=str(data_dir),
+    script.write_text(CHILD.format(tests=str(Path(__file__).resolve().parent), workdir=str(workdir), data=str(data_dir),
                                    extra="checkpoint_every=1000, total_steps=200"))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
