@@ -139,9 +139,6 @@ def register_data(config: TrainerConfig) -> None:
         tasks.register_recipe_mixtures(groups["code"], groups["text"], groups["math"], groups.get("repo"))
 
 
-measure_peak_flops = peak_lib.measure_peak_flops  # kept importable from here
-
-
 class Trainer:
     def __init__(self, config: TrainerConfig):
         self.config = config
