@@ -82,9 +82,9 @@ def test_processes_read_disjoint_records(root):
 
 
 RESUME_SCRIPT = textwrap.dedent("""
-    import json, pathlib, sys
+    import json, os, pathlib, sys
     import numpy as np
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # this test's folder, and tests/ (data_helpers)
     import test_loader
     from qwencoder_jax.data import loader
 
@@ -111,7 +111,7 @@ def run_script(tmp_path, root, workers, mode):
     script.write_text(RESUME_SCRIPT)
     out = str(tmp_path / f"{mode}.npz")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, str(script), os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(root),
+    result = subprocess.run([sys.executable, str(script), os.path.dirname(os.path.abspath(__file__)), str(root),
                              str(tmp_path / "checkpoints"), out, str(workers), mode],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
