@@ -10,6 +10,7 @@ names another folder; an importable `libtpu` package is used as it is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -108,19 +109,36 @@ def libtpu_path() -> str:
 def compile_devices(topology: Topology, num_slices: int = 1) -> list:
     """The slice's TPU devices (num_slices slices of it), good for compiling only."""
     path = libtpu_path()
-    os.environ["TPU_LIBRARY_PATH"] = path  # jax loads the TPU plugin from here
-    # quiets libtpu's probing of the host for a TPU it will not find (the metadata server, worker hostnames)
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name)
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TPU_WORKER_ID", "0")
-    # libtpu otherwise takes /tmp/libtpu_lockfile, and a second compile on this host (a launcher's check, a test's
-    # subprocess) fails with "Internal error when accessing libtpu multi-process lockfile"; nothing here touches
-    # a TPU, so processes need not exclude each other
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     # a one-chip slice is not divisible into libtpu's default 2x2x1 chips per host
     bounds = {"chips_per_host_bounds": (1, 1, 1)} if topology.chips == 1 else {}
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.description,
-                                             num_slices=num_slices, **bounds).devices)
+    with _compile_only_environment(path, topology):
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.description,
+                                                 num_slices=num_slices, **bounds).devices)
+
+
+@contextlib.contextmanager
+def _compile_only_environment(path: str, topology: Topology):
+    """libtpu's settings while it describes the slice, then the environment as it was: left behind, the TPU-VM
+    variables would make this process (and its children: launchers, tests) look like a TPU pod worker."""
+    settings = {
+        "TPU_LIBRARY_PATH": path,  # jax loads the TPU plugin from here
+        # quiets libtpu's probing of the host for a TPU it will not find (the metadata server, worker hostnames)
+        "TPU_ACCELERATOR_TYPE": topology.name, "TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+        "TPU_WORKER_ID": "0",
+        # libtpu otherwise takes /tmp/libtpu_lockfile, and a second compile on this host (a launcher's check, a
+        # test's subprocess) fails with "Internal error when accessing libtpu multi-process lockfile"; nothing here
+        # touches a TPU, so processes need not exclude each other
+        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update({name: value for name, value in settings.items()
+                       if name == "TPU_LIBRARY_PATH" or before[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

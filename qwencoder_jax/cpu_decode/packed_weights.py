@@ -20,7 +20,6 @@ import os
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from qwencoder_jax import checkpoints
 from qwencoder_jax.cpu_decode import few_rows

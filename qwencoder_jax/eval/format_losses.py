@@ -32,8 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qwencoder_jax.data import fim, packing
-from qwencoder_jax.data.special_tokens import (ENDOFTEXT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END,
-                                               IM_START, REPO_NAME)
+from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
 from qwencoder_jax.train.loss import cross_entropy
 
 FORMATS = ("file_level", "fim_psm", "fim_swapped", "repo_level", "repo_no_header", "sft_chatml", "sft_misspelled",
@@ -74,7 +73,6 @@ def file_documents(vocabulary, count: int, max_chars: int, seed: int = 0) -> dic
 
 
 def repo_documents(vocabulary, count: int, max_chars: int) -> dict[str, list]:
-    special = vocabulary.special_ids
     files = sorted((_stdlib() / REPO_PACKAGE).glob("*.py"))
     out: dict[str, list] = {"repo_level": [], "repo_no_header": []}
     for start in range(count):  # rotations of the package's files: `count` samples with different file orders

@@ -65,9 +65,8 @@ def build_data(run: Path, inputs: Path) -> dict[str, Path]:
     return {name: data / name for name in ("code", "repo", "text", "math")}
 
 
-def data_bindings(data: dict[str, Path]) -> list[str]:
-    return [f"--gin.{macro}='{data[name]}'" for macro, name in
-            (("CODE_DIR", "code"), ("TEXT_DIR", "text"), ("MATH_DIR", "math"))]
+def data_bindings(data: dict[str, Path], sources=("code", "text", "math")) -> list[str]:
+    return [f"--gin.{name.upper()}_DIR='{data[name]}'" for name in sources]
 
 
 def stage_arguments(run: Path, data: dict[str, Path], stage: int) -> list[str]:
@@ -76,8 +75,8 @@ def stage_arguments(run: Path, data: dict[str, Path], stage: int) -> list[str]:
         return [f"--gin_file={REPOSITORY / 'gin/stages/stage1_file_level.gin'}", f"--gin_file={tiny}",
                 *data_bindings(data), f"--gin.TOTAL_STEPS={STAGE1_STEPS}", "--gin.CHECKPOINT_EVERY=2",
                 f"--workdir={run / 'stage1'}"]
-    return [f"--gin_file={REPOSITORY / 'gin/stages/stage2_repo_level.gin'}", f"--gin_file={tiny}", *data_bindings(data),
-            f"--gin.REPO_DIR='{data['repo']}'", f"--gin.STAGE1_WORKDIR='{run / 'stage1'}'",
+    return [f"--gin_file={REPOSITORY / 'gin/stages/stage2_repo_level.gin'}", f"--gin_file={tiny}",
+            *data_bindings(data, ("repo", "text", "math")), f"--gin.STAGE1_WORKDIR='{run / 'stage1'}'",
             f"--gin.TOTAL_STEPS={STAGE2_STEPS}", "--gin.WARMUP_STEPS=1", f"--workdir={run / 'stage2'}"]
 
 

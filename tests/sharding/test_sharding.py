@@ -102,8 +102,7 @@ def test_sharded_loss_and_gradients_match_one_device(backend, shape):
 
 
 def test_splash_runs_under_shard_map_when_a_mesh_is_active():
-    model = Transformer(CONFIG.replace(attention_backend="splash",
-                                                                                  context_parallel_layout=layout))
+    model = Transformer(CONFIG.replace(attention_backend="splash"))
     params, batch = params_and_batch()
     mesh = mesh_of(1, 2, 4)
     with sharding.activate(mesh):
