@@ -74,9 +74,12 @@ def test_a_run_that_stops_with_nan_is_retried_and_a_persistent_nan_is_a_clear_er
     monkeypatch.setattr(fasttext, "train_supervised", flaky)
     examples = [("Python", "def f(x):\n    return x + 1\n"), ("Go", "func f(x int) int {\n\treturn x + 1\n}\n")] * 20
     identifier = code_langid.CodeLanguageIdentifier.train(examples, code_langid.LangIdConfig(epochs=2))
-    assert len(calls) == 3 and identifier.languages == ["Go", "Python"]
+    # two injected NaN runs, then real ones (which may themselves stop with NaN now and then)
+    assert len(calls) >= 3 and identifier.languages == ["Go", "Python"]
+    calls.clear()
     with pytest.raises(RuntimeError, match="diverged .NaN. in 10 attempts at learning rate 9.0"):
         code_langid.CodeLanguageIdentifier.train(examples, code_langid.LangIdConfig(epochs=2, learning_rate=9.0))
+    assert len(calls) == 10
 
 
 def test_accuracy_on_held_out_files_is_above_the_floor_per_language(trained):
