@@ -9,6 +9,7 @@ sees it (FIM sentinels, repository headers, ChatML).
 
 from __future__ import annotations
 
+from qwencoder_jax.data import tensorflow_import  # noqa: F401  (first: quiets TensorFlow's startup notices)
 import seqio
 
 from qwencoder_jax.data import fim, samples, shards, tasks

@@ -223,7 +223,7 @@ def parse_example(record: bytes) -> dict[str, list]:
 def write_dataset(dataset_dir: str | os.PathLike, name: str, kind: str, examples: Sequence[Mapping[str, object]],
                   num_shards: int = 2, split: str = "train", extra_manifest: Mapping | None = None) -> dict:
     """Writes `examples` (feature name -> str | bytes | list of them | list of ints/floats) as FORMAT.md shards."""
-    import tensorflow as tf
+    from qwencoder_jax.data.tensorflow_import import tensorflow as tf  # only the writer needs TensorFlow
 
     def feature(value) -> tf.train.Feature:
         values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]

@@ -9,6 +9,7 @@ import functools
 from collections.abc import Mapping
 
 import numpy as np
+from qwencoder_jax.data import tensorflow_import  # noqa: F401  (first: quiets TensorFlow's startup notices)
 import seqio
 import tensorflow as tf
 
