@@ -3,8 +3,9 @@
   cross_entropy(logits_btv, ...)                   plain: from materialised logits (the default)
   fused_head_cross_entropy(x_btd, w_vd, ...)       vocabulary chunks, online logsumexp, logits recomputed in the
                                                    backward pass (4 head matmuls; memory [tokens, chunk])
-  token_chunked_head_cross_entropy(x_btd, w_dv)    token chunks against the whole vocabulary, gradient formed in
-                                                   the forward pass (3 head matmuls; memory [chunk, vocab] + dx, dW)
+  token_chunked_head_cross_entropy(x_btd, w_dv)    windows of positions (all rows) against the whole vocabulary,
+                                                   gradient formed in the forward pass (3 head matmuls; memory
+                                                   [chunk, vocab] + dx, dW)
 
 All three give the same numbers up to float32 summation order (tests/train/test_train_loss.py). Both fused paths
 are kept: neither dominates on memory (docs/TRAINING.md has the trade-off and the CPU figures).
@@ -203,105 +204,122 @@ def fused_head_cross_entropy(x_btd: jnp.ndarray, w_vd: jnp.ndarray, targets_bt: 
 
 
 # -- token chunks -----------------------------------------------------------------------------------------------
+# A chunk is a window of positions across every row ([rows, window] tokens), never a run of consecutive tokens of
+# the flattened batch: rows stay where the batch sharding put them, so the loss needs no collective to gather its
+# inputs (a chunk crossing row shards made XLA:CPU deadlock across processes; docs/reliability.md).
 
 
-def _token_chunks(x_nd, targets_n, weights_n, chunk_size):
-    """[k, r, ...] views of the rows, the last chunk padded with weight-0 rows."""
-    n = x_nd.shape[0]
-    count = -(-n // chunk_size)
-    padding = count * chunk_size - n
-    if padding:
-        x_nd = jnp.pad(x_nd, ((0, padding), (0, 0)))
-        targets_n = jnp.pad(targets_n, (0, padding))
-        weights_n = jnp.pad(weights_n, (0, padding))
-    return (x_nd.reshape(count, chunk_size, -1), targets_n.reshape(count, chunk_size),
-            weights_n.reshape(count, chunk_size))
+def window_length(rows: int, length: int, chunk_size: int) -> int:
+    """Positions per window: about chunk_size tokens over all rows, at least one position, at most the row."""
+    return max(1, min(length, chunk_size // max(rows, 1)))
 
 
-def _rows_logits(x_rd, w_dv, dot_dtype):
-    return jnp.einsum("rd,dv->rv", x_rd.astype(dot_dtype), w_dv.astype(dot_dtype), preferred_element_type=jnp.float32)
+def _position_windows(window, *arrays_bt):
+    """[k, b, window, ...] views of [b, t, ...] arrays, the last window padded with zeros (weight-0 positions)."""
+    b, t = arrays_bt[0].shape[:2]
+    count = -(-t // window)
+    padding = count * window - t
+    out = []
+    for a in arrays_bt:
+        if padding:
+            a = jnp.pad(a, [(0, 0), (0, padding)] + [(0, 0)] * (a.ndim - 2))
+        a = a.reshape((b, count, window) + a.shape[2:])
+        out.append(jnp.moveaxis(a, 1, 0))
+    return out
 
 
-def _rows_log_normaliser(logits_rv):
-    max_r = jnp.max(logits_rv, axis=-1)
-    exp_rv = jnp.exp(logits_rv - max_r[:, None])
-    sum_r = jnp.sum(exp_rv, axis=-1)
-    return max_r + jnp.log(sum_r), exp_rv, sum_r
+def _from_windows(a_kbw, length):
+    """[b, t, ...] from [k, b, window, ...]."""
+    a_bkw = jnp.moveaxis(a_kbw, 0, 1)
+    b, k, w = a_bkw.shape[:3]
+    return a_bkw.reshape((b, k * w) + a_bkw.shape[3:])[:, :length]
 
 
-def _rows_target_logits(logits_rv, targets_r):
-    return jnp.take_along_axis(logits_rv, targets_r[:, None], axis=-1)[:, 0]
+def _rows_logits(x_bwd, w_dv, dot_dtype):
+    return jnp.einsum("bwd,dv->bwv", x_bwd.astype(dot_dtype), w_dv.astype(dot_dtype),
+                      preferred_element_type=jnp.float32)
 
 
-def _rows_objective(lse_n, target_n, weights_n, z_loss):
-    return jnp.sum(weights_n * (lse_n - target_n)) + z_loss * jnp.sum(weights_n * jnp.square(lse_n))
+def _rows_log_normaliser(logits_bwv):
+    max_bw = jnp.max(logits_bwv, axis=-1)
+    exp_bwv = jnp.exp(logits_bwv - max_bw[..., None])
+    sum_bw = jnp.sum(exp_bwv, axis=-1)
+    return max_bw + jnp.log(sum_bw), exp_bwv, sum_bw
+
+
+def _rows_target_logits(logits_bwv, targets_bw):
+    return jnp.take_along_axis(logits_bwv, targets_bw[..., None], axis=-1)[..., 0]
+
+
+def _rows_objective(lse_bt, target_bt, weights_bt, z_loss):
+    return jnp.sum(weights_bt * (lse_bt - target_bt)) + z_loss * jnp.sum(weights_bt * jnp.square(lse_bt))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _token_head_objective(x_nd, w_dv, targets_n, weights_n, z_loss, chunk_size, dot_dtype, mean):
-    """(objective, lse_n, target_n); only the objective may carry a cotangent. mean: the objective divided by the
+def _token_head_objective(x_btd, w_dv, targets_bt, weights_bt, z_loss, window, dot_dtype, mean):
+    """(objective, lse_bt, target_bt); only the objective may carry a cotangent. mean: the objective divided by the
     weight sum (the loss itself), so that its cotangent is the literal 1 of jax.grad and the backward pass
     is free; else the plain sum (microbatch accumulation)."""
-    n = x_nd.shape[0]
-    x_krd, targets_kr, _ = _token_chunks(x_nd, targets_n, weights_n, chunk_size)
+    t = x_btd.shape[1]
+    x_kbwd, targets_kbw = _position_windows(window, x_btd, targets_bt)
 
     def body(_, inputs):
-        x_rd, targets_r = inputs
-        logits_rv = _rows_logits(x_rd, w_dv, dot_dtype)
-        return None, (_rows_log_normaliser(logits_rv)[0], _rows_target_logits(logits_rv, targets_r))
+        x_bwd, targets_bw = inputs
+        logits_bwv = _rows_logits(x_bwd, w_dv, dot_dtype)
+        return None, (_rows_log_normaliser(logits_bwv)[0], _rows_target_logits(logits_bwv, targets_bw))
 
-    _, (lse_kr, target_kr) = jax.lax.scan(body, None, (x_krd, targets_kr))
-    lse_n, target_n = lse_kr.reshape(-1)[:n], target_kr.reshape(-1)[:n]
-    return _rows_objective(lse_n, target_n, weights_n, z_loss) / _objective_denominator(weights_n, mean), lse_n, target_n
-
-
-def _objective_denominator(weights_n, mean):
-    return jnp.maximum(jnp.sum(weights_n.astype(jnp.float32)), 1.0) if mean else jnp.float32(1.0)
+    _, (lse_kbw, target_kbw) = jax.lax.scan(body, None, (x_kbwd, targets_kbw))
+    lse_bt, target_bt = _from_windows(lse_kbw, t), _from_windows(target_kbw, t)
+    objective = _rows_objective(lse_bt, target_bt, weights_bt, z_loss) / _objective_denominator(weights_bt, mean)
+    return objective, lse_bt, target_bt
 
 
-def _token_head_objective_forward(x_nd, w_dv, targets_n, weights_n, z_loss, chunk_size, dot_dtype, mean):
-    n = x_nd.shape[0]
-    denominator = _objective_denominator(weights_n, mean)
+def _objective_denominator(weights_bt, mean):
+    return jnp.maximum(jnp.sum(weights_bt.astype(jnp.float32)), 1.0) if mean else jnp.float32(1.0)
+
+
+def _token_head_objective_forward(x_btd, w_dv, targets_bt, weights_bt, z_loss, window, dot_dtype, mean):
+    t = x_btd.shape[1]
+    denominator = _objective_denominator(weights_bt, mean)
     # The gradient of objective / denominator: each token's weight divided by it up front.
-    x_krd, targets_kr, weights_kr = _token_chunks(x_nd, targets_n, weights_n.astype(jnp.float32) / denominator,
-                                               chunk_size)
+    x_kbwd, targets_kbw, weights_kbw = _position_windows(window, x_btd, targets_bt,
+                                                         weights_bt.astype(jnp.float32) / denominator)
     w_dot_dv = w_dv.astype(dot_dtype)
 
-    def chunk(x_rd, targets_r, weights_r):
-        x_dot_rd = x_rd.astype(dot_dtype)
-        logits_rv = _rows_logits(x_dot_rd, w_dot_dv, dot_dtype)
-        lse_r, exp_rv, sum_r = _rows_log_normaliser(logits_rv)
-        target_r = _rows_target_logits(logits_rv, targets_r)
+    def chunk(x_bwd, targets_bw, weights_bw):
+        x_dot_bwd = x_bwd.astype(dot_dtype)
+        logits_bwv = _rows_logits(x_dot_bwd, w_dot_dv, dot_dtype)
+        lse_bw, exp_bwv, sum_bw = _rows_log_normaliser(logits_bwv)
+        target_bw = _rows_target_logits(logits_bwv, targets_bw)
         # d objective / d logits: w (1 + 2 z lse) softmax - w one-hot, one pass over the chunk's logits.
-        scale_r = weights_r * (1.0 + 2.0 * z_loss * lse_r) / sum_r
-        one_hot_rv = jax.lax.broadcasted_iota(jnp.int32, logits_rv.shape, 1) == targets_r[:, None]
-        dlogits_rv = (scale_r[:, None] * exp_rv - jnp.where(one_hot_rv, weights_r[:, None], 0.0)).astype(dot_dtype)
-        dx_rd = jnp.einsum("rv,dv->rd", dlogits_rv, w_dot_dv, preferred_element_type=jnp.float32)
-        dw_dv = jnp.einsum("rd,rv->dv", x_dot_rd, dlogits_rv, preferred_element_type=jnp.float32)
-        return dw_dv, (lse_r, target_r, dx_rd)
+        scale_bw = weights_bw * (1.0 + 2.0 * z_loss * lse_bw) / sum_bw
+        one_hot_bwv = jax.lax.broadcasted_iota(jnp.int32, logits_bwv.shape, 2) == targets_bw[..., None]
+        dlogits_bwv = (scale_bw[..., None] * exp_bwv
+                       - jnp.where(one_hot_bwv, weights_bw[..., None], 0.0)).astype(dot_dtype)
+        dx_bwd = jnp.einsum("bwv,dv->bwd", dlogits_bwv, w_dot_dv, preferred_element_type=jnp.float32)
+        dw_dv = jnp.einsum("bwd,bwv->dv", x_dot_bwd, dlogits_bwv, preferred_element_type=jnp.float32)
+        return dw_dv, (lse_bw, target_bw, dx_bwd)
 
     def body(dw_dv, inputs):
         chunk_dw_dv, outputs = chunk(*inputs)
         return dw_dv + chunk_dw_dv, outputs
 
-    # The first chunk starts dW (no zero-filled accumulator); a scan adds the others.
-    dw_dv, per_chunk = chunk(x_krd[0], targets_kr[0], weights_kr[0])
+    # The first window starts dW (no zero-filled accumulator); a scan adds the others.
+    dw_dv, per_chunk = chunk(x_kbwd[0], targets_kbw[0], weights_kbw[0])
     per_chunk = jax.tree.map(lambda a: a[None], per_chunk)
-    if x_krd.shape[0] > 1:
-        dw_dv, rest = jax.lax.scan(body, dw_dv, (x_krd[1:], targets_kr[1:], weights_kr[1:]))
+    if x_kbwd.shape[0] > 1:
+        dw_dv, rest = jax.lax.scan(body, dw_dv, (x_kbwd[1:], targets_kbw[1:], weights_kbw[1:]))
         per_chunk = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), per_chunk, rest)
-    lse_kr, target_kr, dx_krd = per_chunk
-    lse_n, target_n = lse_kr.reshape(-1)[:n], target_kr.reshape(-1)[:n]
-    dx_nd = dx_krd.reshape(-1, x_nd.shape[1])[:n]
-    outputs = (_rows_objective(lse_n, target_n, weights_n, z_loss) / denominator, lse_n, target_n)
-    return outputs, (dx_nd.astype(x_nd.dtype), dw_dv.astype(w_dv.dtype), weights_n)
+    lse_bt, target_bt, dx_btd = (_from_windows(a, t) for a in per_chunk)
+    outputs = (_rows_objective(lse_bt, target_bt, weights_bt, z_loss) / denominator, lse_bt, target_bt)
+    return outputs, (dx_btd.astype(x_btd.dtype), dw_dv.astype(w_dv.dtype), weights_bt)
 
 
-def _token_head_objective_backward(z_loss, chunk_size, dot_dtype, mean, residuals, cotangents):
-    dx_nd, dw_dv, weights_n = residuals
-    grad_objective = cotangents[0]  # cotangents of lse_n / target_n: zero (the public function stops them)
-    return ((grad_objective * dx_nd).astype(dx_nd.dtype), (grad_objective * dw_dv).astype(dw_dv.dtype), None,
-            jnp.zeros_like(weights_n))
+def _token_head_objective_backward(z_loss, window, dot_dtype, mean, residuals, cotangents):
+    dx_btd, dw_dv, weights_bt = residuals
+    grad_objective = cotangents[0]  # cotangents of lse / target: zero (the public function stops them)
+    return ((grad_objective * dx_btd).astype(dx_btd.dtype), (grad_objective * dw_dv).astype(dw_dv.dtype), None,
+            jnp.zeros_like(weights_bt))
 
 
 _token_head_objective.defvjp(_token_head_objective_forward, _token_head_objective_backward)
@@ -312,7 +330,8 @@ def token_chunked_head_cross_entropy(x_btd: jnp.ndarray, w_dv: jnp.ndarray, targ
                                      source_ids_bt: jnp.ndarray | None = None, num_sources: int = 0,
                                      chunk_size: int = 512, head_dtype=None,
                                      differentiate: str = "loss") -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """cross_entropy(x_btd @ w_dv in float32, ...) a chunk of `chunk_size` tokens at a time (three head matmuls: see the module doc).
+    """cross_entropy(x_btd @ w_dv in float32, ...) about `chunk_size` tokens at a time: windows of
+    chunk_size // rows positions across all rows (three head matmuls: see the module doc).
 
     x_btd: final hidden states (`return_hidden=True`); w_dv: the output projection as [hidden, vocab]
     (`output_projection(config, params)`). Weights are not differentiated (they are data).
@@ -323,13 +342,13 @@ def token_chunked_head_cross_entropy(x_btd: jnp.ndarray, w_dv: jnp.ndarray, targ
         raise ValueError(f"differentiate must be 'loss' or 'objective_sum', got {differentiate!r}")
     dot_dtype = checked_head_dtype(x_btd, w_dv.shape, 0, "[hidden, vocab]; pass output_projection(config, params)",
                                    chunk_size, head_dtype)
-    b, t, d = x_btd.shape
+    b, t, _ = x_btd.shape
     weights_bt = jnp.ones((b, t), jnp.float32) if weights_bt is None else weights_bt.astype(jnp.float32)
     mean = differentiate == "loss"
-    objective, lse_n, target_n = _token_head_objective(x_btd.reshape(b * t, d), w_dv, targets_bt.reshape(b * t),
-                                                 jax.lax.stop_gradient(weights_bt.reshape(b * t)), float(z_loss),
-                                                 min(chunk_size, b * t), dot_dtype, mean)
-    lse_bt, target_bt = jax.lax.stop_gradient(lse_n).reshape(b, t), jax.lax.stop_gradient(target_n).reshape(b, t)
+    objective, lse_bt, target_bt = _token_head_objective(x_btd, w_dv, targets_bt, jax.lax.stop_gradient(weights_bt),
+                                                         float(z_loss), window_length(b, t, chunk_size), dot_dtype,
+                                                         mean)
+    lse_bt, target_bt = jax.lax.stop_gradient(lse_bt), jax.lax.stop_gradient(target_bt)
     loss, stats = reduce_token_losses(lse_bt, target_bt, weights_bt, z_loss, source_ids_bt, num_sources)
     if mean:
         return objective, stats

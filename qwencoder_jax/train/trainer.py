@@ -52,7 +52,7 @@ from qwencoder_jax import checkpoints, sharding
 from qwencoder_jax.data import fim, loader, tasks
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
-from qwencoder_jax.train import loggers
+from qwencoder_jax.train import collective_order, loggers
 from qwencoder_jax.train import peak as peak_lib
 from qwencoder_jax.train import step as step_lib
 from qwencoder_jax.train.loss import LossConfig
@@ -151,6 +151,19 @@ class Trainer:
         self.messages.append(message)
         log.info(message)  # printed once, below (a logging handler would repeat it)
         print(f"[trainer] {message}", file=sys.stderr, flush=True)
+
+    def _check_collective_order(self, state, batch) -> None:
+        """Multi-process CPU runs: one line when the compiled step may start its collectives in different orders
+        on different processes (XLA:CPU would deadlock; train/collective_order.py). The step's own compile."""
+        if self.mesh.devices.flat[0].platform != "cpu":
+            return
+        with sharding.activate(self.mesh):
+            text = self.step_fn.jitted.lower(state, batch).compile().as_text()
+        pairs = collective_order.unordered_collectives(text)
+        if pairs:
+            collective, loop = pairs[0]
+            self._say(f"warning: the compiled step schedules {collective} after {loop} with no order between them "
+                      f"({len(pairs)} such pair(s)); XLA:CPU processes may deadlock on them (docs/reliability.md)")
 
     # -- setup --------------------------------------------------------------------------------------------------
     def _build(self):
@@ -347,6 +360,8 @@ class Trainer:
         try:
             for step in range(start, config.total_steps):
                 batch = self._device_batch(next(iterator), step)
+                if step == start and jax.process_count() > 1:
+                    self._check_collective_order(state, batch)
                 state, metrics = self.step_fn(state, batch)
                 if pending is not None and not read(pending):
                     stop_reason, final_step = "non_finite", pending[0]

@@ -3,8 +3,7 @@
 per-process data split (each process reads its own share), a mid-run checkpoint, a process SIGKILLed while the
 next checkpoint is being written, and a rerun that resumes from the last complete checkpoint.
 
-Every run must end by itself: completed, or (a process killed / a collective stuck, docs/reliability.md) with a
-non-zero status and a message; never the launcher's timeout."""
+Every run must complete by itself: no stalled collective (docs/reliability.md), never the launcher's timeout."""
 
 from __future__ import annotations
 
@@ -38,18 +37,14 @@ def environment() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", JAX_PLATFORMS="cpu")
 
 
-def run_to_the_end(data: Path, workdir: Path, *extra: str, attempts: int = 3) -> list[str]:
-    """Runs the command until it completes; a run may stop (the watchdog), never hang. Returns the logs."""
-    logs = []
-    for _ in range(attempts):
-        result = subprocess.run(command(data, workdir, *extra), cwd=ROOT, env=environment(), capture_output=True,
-                                text=True, timeout=600)
-        logs.append(result.stdout + result.stderr)
-        assert "[launch] timed out" not in logs[-1], logs[-1][-4000:]
-        if result.returncode == 0:
-            return logs
-        assert "no step finished for" in logs[-1], logs[-1][-4000:]  # the only accepted failure: a named stall
-    raise AssertionError(f"no completed run in {attempts} attempts:\n" + logs[-1][-4000:])
+def run_to_the_end(data: Path, workdir: Path, *extra: str) -> str:
+    """Runs the command; it must complete by itself (no stall, no launcher timeout). Returns the log."""
+    result = subprocess.run(command(data, workdir, *extra), cwd=ROOT, env=environment(), capture_output=True,
+                            text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "[launch] timed out" not in log, log[-4000:]
+    assert "may deadlock" not in log, log[-4000:]  # the trainer's collective-order check found nothing
+    return log
 
 
 def complete(step_dir: Path) -> None:
@@ -65,8 +60,8 @@ def test_documented_launcher_form_checkpoints_survives_a_kill_during_a_save_and_
     workdir = tmp_path / "run"
     directory = workdir / "checkpoints"
     # 1. the documented form, mid-run and final checkpoints, each complete
-    logs = run_to_the_end(stage1_data, workdir)
-    assert "[p0] stopped: completed at step 6" in logs[-1] and "[p1] stopped: completed at step 6" in logs[-1]
+    log = run_to_the_end(stage1_data, workdir)
+    assert "[p0] stopped: completed at step 6" in log and "[p1] stopped: completed at step 6" in log
     complete(directory / "3")
     complete(directory / "6")
     first_wall = time.monotonic() - started
@@ -85,15 +80,15 @@ def test_documented_launcher_form_checkpoints_survives_a_kill_during_a_save_and_
     output = launcher.communicate(timeout=300)[0]
     assert "[launch] timed out" not in output, output[-4000:]
     if not killed:
-        pytest.skip("step 9's save finished (or the run stalled) before it could be interrupted: "
+        pytest.skip("step 9's save finished before it could be interrupted: "
                     + output[-300:])
     assert launcher.returncode != 0 and "exited with status -9" in output, output[-4000:]
     assert sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) == [3, 6]  # 9 never listed
 
     # 3. the rerun resumes from the last complete checkpoint and finishes
-    logs = run_to_the_end(stage1_data, workdir, more)
-    assert "resumed from checkpoint step 6" in logs[0]
-    assert "[p0] stopped: completed at step 9" in logs[-1]
+    log = run_to_the_end(stage1_data, workdir, more)
+    assert "resumed from checkpoint step 6" in log
+    assert "[p0] stopped: completed at step 9" in log
     complete(directory / "9")
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 10))
