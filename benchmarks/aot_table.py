@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from qwencoder_jax import cli_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("stage1_file_level", "stage2_repo_level", "stage3_sft", "stage3_sft_coarse", "stage3_sft_fine")
 PRESETS = ("0.5b", "1.5b", "3b", "7b", "14b", "32b")
@@ -63,7 +65,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--out", default=None, help="write the markdown table here (and rows as JSON beside it)")

@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qwencoder_jax import sharding  # noqa: E402
+from qwencoder_jax import cli_flags, sharding  # noqa: E402
 from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
 from qwencoder_jax.train import step as step_lib  # noqa: E402
 from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
@@ -42,7 +42,7 @@ def _state_bytes(state) -> int:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="qwen2.5-coder-0.5b")
     parser.add_argument("--directory", default=None, help="where to write (default: a fresh directory in /tmp)")
     args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from qwencoder_jax import assets, checkpoints  # noqa: E402
+from qwencoder_jax import assets, checkpoints, cli_flags  # noqa: E402
 from qwencoder_jax.cpu_decode import few_rows, packed_weights  # noqa: E402
 from qwencoder_jax.eval.generate import Tokenizer  # noqa: E402
 from qwencoder_jax.model import kv_cache  # noqa: E402
@@ -104,7 +104,7 @@ def transformers_seconds(reference, input_ids, new_tokens: int, repeats: int) ->
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="an existing conversion of the SmolLM2 GGUF (else: "
                                                             "converted into a temporary directory)")
     parser.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "qwen2.5-coder-0.5b-instruct"))

@@ -16,7 +16,6 @@ among the union of candidates.
 
 from __future__ import annotations
 
-import argparse
 import os
 import itertools
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 from data_pipelines import dedup, ingest
 from data_pipelines.document import Rejection
+from qwencoder_jax import cli_flags
 
 
 def stdlib_documents(lines_per_document: int = 64, limit: int | None = None) -> list[str]:
@@ -95,7 +95,7 @@ def quality(found: set, truth: set, jaccard: dict) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = cli_flags.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None, help="documents (default: all, about 15k)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternating runs of each side; the best time of each is reported (shared machine)")

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from qwencoder_jax import cli_flags  # noqa: E402
 from qwencoder_jax.cpu_decode import few_rows, packed  # noqa: E402
 
 SMOLLM2_SHAPES = "576x576,576x192,576x1536,1536x576,576x49152t"
@@ -72,7 +73,7 @@ def per_matmul_seconds(rows: int, k: int, n: int, transposed: bool, megabytes: f
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="1,8")
     parser.add_argument("--shapes", default=SMOLLM2_SHAPES)
     parser.add_argument("--megabytes", type=float, default=400.0, help="weights chained per measurement")

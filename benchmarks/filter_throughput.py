@@ -8,7 +8,6 @@ chain costs; the 2-worker figure is also printed as a ratio to the 1-worker figu
 
 from __future__ import annotations
 
-import argparse
 import os
 import collections
 import multiprocessing
@@ -17,6 +16,7 @@ import time
 from data_pipelines import ingest
 from data_pipelines.document import Rejection
 from data_pipelines.filters import CodeFilterConfig, apply_code_filters
+from qwencoder_jax import cli_flags
 
 _DOCUMENTS = []
 
@@ -48,9 +48,9 @@ def _timed(workers: int, repeat: int) -> tuple[float, collections.Counter]:
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = cli_flags.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=1, help="passes over the corpus per timing")
-    parser.add_argument("--best-of", type=int, default=2, help="timings per setting; the best is reported")
+    parser.add_argument("--best_of", type=int, default=2, help="timings per setting; the best is reported")
     arguments = parser.parse_args()
     _DOCUMENTS.extend(item for item in ingest.read_source(ingest.stdlib_source()) if not isinstance(item, Rejection))
     count = len(_DOCUMENTS) * arguments.repeat

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from qwencoder_jax import cli_flags
+
 PUBLISHED = 61.6  # Qwen2.5-Coder technical report (later version), Table 13, 0.5B-Instruct HumanEval
 
 
@@ -100,7 +102,7 @@ def _template(gguf_file):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, help="first N problems (default: all 164)")
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="programs run at once when scoring")

@@ -28,6 +28,7 @@ import tokenizers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
+from qwencoder_jax import cli_flags  # noqa: E402
 from qwencoder_jax.data import fim, loader, shards, tasks  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def measure_encode_batch(tokenizer_file: str, texts: list[str], repeats: int = 2
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=400, help="stdlib .py files in the dataset")
     parser.add_argument("--sequence", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8)

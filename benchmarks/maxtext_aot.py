@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from qwencoder_jax import cli_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 MAXTEXT = "maxtext[tpu]==0.2.5"
 # Qwen2.5-Coder-7B (qwencoder_jax.model.config PRESETS["qwen2.5-coder-7b"]) as MaxText key=value overrides on
@@ -96,7 +98,7 @@ def run_ours(topology: str, sequence: int, remat: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", default="v5p-8")
     parser.add_argument("--sequence", type=int, default=8192)
     parser.add_argument("--remat", default="full", help="MaxText and our name for it: full")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qwencoder_jax import cli_flags
 from qwencoder_jax.model import Transformer, abstract_params, get_preset  # noqa: E402
 from qwencoder_jax.train.loss import cross_entropy  # noqa: E402
 
@@ -55,7 +56,7 @@ def train_step_memory(preset: str, batch: int, sequence: int, **overrides) -> di
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="qwen2.5-coder-0.5b")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--sequence", type=int, default=2048)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from qwencoder_jax import cli_flags  # noqa: E402
 from qwencoder_jax.model import Transformer, get_preset, init_params  # noqa: E402
 from qwencoder_jax.train.loss import cross_entropy  # noqa: E402
 
@@ -60,7 +61,7 @@ def run(preset: str, batch: int, sequence: int, steps: int, peak: float, **overr
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default=",".join(DEFAULT_RUNS), help="comma-separated preset names")
     parser.add_argument("--batch", type=int, help="override the batch size of every preset")
     parser.add_argument("--sequence", type=int, help="override the sequence length of every preset")

@@ -2,7 +2,7 @@
 
     python benchmarks/multiprocess_repeat.py [--runs 6] [--steps 6] [--data DIR]
 
-Each run is `python launch/local.py --num-processes 2 --devices-per-process 2 -- python -m qwencoder_jax.train
+Each run is `python launch/local.py --num_processes 2 --devices_per_process 2 -- python -m qwencoder_jax.train
 --gin_file=gin/stages/stage1_file_level.gin --gin_file=gin/cpu/tiny.gin --gin.MESH_SHAPE='(1,-1,1,1)' ...` in a
 fresh workdir, checkpointing every `--checkpoint_every` steps. The reference, measured first in the same run: the
 same training on one process with the same four devices. DIR holds code/, text/ and math/ in the data pipelines'
@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from qwencoder_jax import cli_flags
 from qwencoder_jax.data import shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def run(command: list[str], env: dict[str, str], timeout: float) -> tuple[str, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--checkpoint_every", type=int, default=3)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference: 1 process x 4 devices, {args.steps} steps: {reference:.1f} s", flush=True)
         outcomes, walls = [], []
         for number in range(args.runs):
-            launcher = [sys.executable, "launch/local.py", "--num-processes", "2", "--devices-per-process", "2",
+            launcher = [sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "2",
                         "--timeout", str(args.timeout), "--"]
             outcome, wall, tail = run(launcher + train_arguments(data, scratch / f"run{number}", args.steps,
                                                                  args.checkpoint_every), env, args.timeout)

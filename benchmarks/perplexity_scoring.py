@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qwencoder_jax import cli_flags
+
 
 class OneWindowScorer:
     """The previous scorer: batch 1, materialised logits and log-softmax (the reference)."""
@@ -45,7 +47,7 @@ class OneWindowScorer:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=16)
     parser.add_argument("--max_tokens", type=int, default=2048)
     parser.add_argument("--preset", default="tiny")

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 
+from qwencoder_jax import cli_flags
 from qwencoder_jax.eval import humaneval, sandbox
 
 
@@ -48,7 +49,7 @@ def timed(job_list: list[dict], workers: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, help="first N HumanEval problems (default all 164)")
     parser.add_argument("--repeats", type=int, default=1, help="passes per setting; the median is printed")
     args = parser.parse_args(argv)

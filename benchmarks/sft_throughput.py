@@ -2,7 +2,7 @@
 character-level FIM (qwencoder_jax/data/fim.py) on the same files, and sandboxed runs/s per language against the
 same compile-and-run script in a plain subprocess, all measured in this run.
 
-    python benchmarks/sft_throughput.py [--files-per-language 300] [--runs 3] [--skip-langid]
+    python benchmarks/sft_throughput.py [--files_per_language 300] [--runs 3] [--skip_langid]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 import zipfile
 
 from data_pipelines.sft import ast_fim, code_langid, execution
+from qwencoder_jax import cli_flags
 from qwencoder_jax.data import fim
 
 
@@ -127,10 +128,10 @@ def sandbox_throughput(runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files-per-language", type=int, default=300)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files_per_language", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip-langid", action="store_true")
+    parser.add_argument("--skip_langid", action="store_true")
     args = parser.parse_args()
     print(f"# SFT data tools throughput ({os.cpu_count()} CPUs)")
     if not args.skip_langid:

@@ -1,13 +1,13 @@
 """Sharded training steps: step time on 8 devices vs 1, and per-device memory of pod layouts.
 
     python benchmarks/sharding_step.py                       # both parts
-    python benchmarks/sharding_step.py --skip-throughput     # memory table only
+    python benchmarks/sharding_step.py --skip_throughput     # memory table only
 
 1. Throughput: the full train step (forward, backward, AdamW) of the `small` preset on a (fsdp=8) mesh of 8 fake
    CPU devices and on 1 device, same global batch; prints step time, tokens/s and the 8:1 ratio. On one CPU the 8
    "devices" share the same 2 cores, so this is only a smoke signal that sharding adds no pathological overhead
    (collectives, resharding), not a scaling figure.
-   With --context-parallel S, the same step with attention_backend=splash (interpret mode off TPU) on a
+   With --context_parallel S, the same step with attention_backend=splash (interpret mode off TPU) on a
    (fsdp=8/S, sequence=S) mesh, in both query layouts (zig-zag: balanced; contiguous: the last shard does about
    twice the mean causal work), against splash on the plain (fsdp=8) mesh: keys/values are all-gathered over the
    sequence axis and each device attends its own queries.
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from qwencoder_jax import sharding  # noqa: E402
+from qwencoder_jax import cli_flags, sharding  # noqa: E402
 from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
 from qwencoder_jax.model.config import CONTEXT_PARALLEL_LAYOUTS  # noqa: E402
 from qwencoder_jax.train import step as train_step_lib  # noqa: E402
@@ -106,19 +106,19 @@ def compiled_memory(preset: str, sequence: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--memory-presets", nargs="*", default=["qwen2.5-coder-0.5b", "qwen2.5-coder-7b"])
-    parser.add_argument("--compiled-sequence", type=int, default=2048)
-    parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--context-parallel", type=int, default=0, metavar="S",
+    parser.add_argument("--memory_presets", nargs="*", default=["qwen2.5-coder-0.5b", "qwen2.5-coder-7b"])
+    parser.add_argument("--compiled_sequence", type=int, default=2048)
+    parser.add_argument("--skip_throughput", action="store_true")
+    parser.add_argument("--context_parallel", type=int, default=0, metavar="S",
                         help="also time splash attention with the sequence over S devices (0: skip)")
-    parser.add_argument("--context-parallel-preset", default="tiny")
-    parser.add_argument("--context-parallel-sequence", type=int, default=1024)
-    parser.add_argument("--skip-compiled", action="store_true")
+    parser.add_argument("--context_parallel_preset", default="tiny")
+    parser.add_argument("--context_parallel_sequence", type=int, default=1024)
+    parser.add_argument("--skip_compiled", action="store_true")
     args = parser.parse_args(argv)
     print(f"device: {common.describe_device()}  (CPU fake devices share 2 cores: a smoke signal, not scaling)")
 

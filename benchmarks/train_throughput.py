@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from qwencoder_jax import allocator, sharding  # noqa: E402
+from qwencoder_jax import allocator, cli_flags, sharding  # noqa: E402
 from qwencoder_jax.model import Transformer, get_preset  # noqa: E402
 from qwencoder_jax.train import step as train_step_lib  # noqa: E402
 from qwencoder_jax.train.loss import LossConfig  # noqa: E402
@@ -40,7 +40,7 @@ from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer  # noq
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="maxtext-reference")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--sequence", type=int, default=512)

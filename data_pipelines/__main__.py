@@ -21,6 +21,7 @@ from data_pipelines.decontaminate import DecontaminationConfig
 from data_pipelines.dedup import MinHashConfig
 from data_pipelines.document import Counters, Rejection
 from data_pipelines.filters import CodeFilterConfig, apply_code_filters
+from qwencoder_jax import cli_flags
 
 
 def parse_source(text: str) -> ingest.Source:
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         beam_arguments = argv[argv.index("--") + 1:]
         argv = argv[: argv.index("--")]
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m data_pipelines", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="the composed pipeline")
     run.add_argument("--source", action="append", required=True)
@@ -51,30 +52,30 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--name", default=None)
     run.add_argument("--kind", default="code_file", help="code_file, text, math, or code_repo (files are "
                      "deduplicated and decontaminated, then assembled into repository records)")
-    run.add_argument("--repo-max-chars", type=int, default=200_000, help="code_repo: characters per record")
+    run.add_argument("--repo_max_chars", type=int, default=200_000, help="code_repo: characters per record")
     run.add_argument("--runner", default="multiprocessing",
                      help="multiprocessing, or beam / DirectRunner / DataflowRunner / FlinkRunner / SparkRunner")
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--shards", type=int, default=4)
-    run.add_argument("--no-validation", action="store_true",
+    run.add_argument("--no_validation", action="store_true",
                      help="keep every shard in `train` (by default the last shard is held out as `validation`)")
     run.add_argument("--threshold", type=float, default=0.7)
-    run.add_argument("--no-near-dedup", action="store_true")
-    run.add_argument("--no-exact-dedup", action="store_true")
-    run.add_argument("--no-decontaminate", action="store_true")
-    run.add_argument("--no-rule-filters", action="store_true")
-    run.add_argument("--language-id", action="store_true", help="fastText language id for text documents")
-    run.add_argument("--benchmark-jsonl", action="append", default=[], help="extra benchmark PATH[:fields]")
+    run.add_argument("--no_near_dedup", action="store_true")
+    run.add_argument("--no_exact_dedup", action="store_true")
+    run.add_argument("--no_decontaminate", action="store_true")
+    run.add_argument("--no_rule_filters", action="store_true")
+    run.add_argument("--language_id", action="store_true", help="fastText language id for text documents")
+    run.add_argument("--benchmark_jsonl", action="append", default=[], help="extra benchmark PATH[:fields]")
     run.add_argument("--quiet", action="store_true")
     count = commands.add_parser("count", help="ingest + rule filters, print counters")
     count.add_argument("--source", action="append", required=True)
-    count.add_argument("--no-rule-filters", action="store_true")
+    count.add_argument("--no_rule_filters", action="store_true")
     langid = commands.add_parser("langid", help="language of each line / JSONL text")
     langid.add_argument("path")
     assemble = commands.add_parser("assemble", help="code_repo records from a source")
     assemble.add_argument("--source", action="append", required=True)
     assemble.add_argument("--output", required=True)
-    assemble.add_argument("--max-chars", type=int, default=200_000)
+    assemble.add_argument("--max_chars", type=int, default=200_000)
     assemble.add_argument("--shards", type=int, default=2)
     quality = commands.add_parser("quality", help="coarse-to-fine quality stages")
     quality.add_argument("--seed", action="append", required=True, help="source of good examples")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 manifest = hold_out_last_shard(arguments.output)
             except ValueError as error:
-                raise SystemExit(f"error: {error} (or pass --no-validation)")
+                raise SystemExit(f"error: {error} (or pass --no_validation)")
         print(json.dumps({"counts": manifest["counts"], "splits": {k: v["records"] for k, v in
                                                                     manifest["splits"].items()},
                           "token_estimate": manifest["token_estimate"]}, indent=1))

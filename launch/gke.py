@@ -1,11 +1,11 @@
 """Run a training stage on TPU slices in GKE: a JobSet (one Job per slice, one pod per TPU host), or xpk.
 
-    python launch/gke.py --name coder7b --image IMAGE --accelerator v5p-256 --num-slices 2 \
-        --stage gin/stages/stage1_file_level.gin --gin-file gin/models/qwen2.5-coder-7b.gin \
-        --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --workdir gs://B/runs/stage1 --dry-run
-    python launch/gke.py ... --xpk --cluster CLUSTER --dry-run     # the same run through xpk
+    python launch/gke.py --name coder7b --image IMAGE --accelerator v5p-256 --num_slices 2 \
+        --stage gin/stages/stage1_file_level.gin --gin_file gin/models/qwen2.5-coder-7b.gin \
+        --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2 --workdir gs://B/runs/stage1 --dry_run
+    python launch/gke.py ... --xpk --cluster CLUSTER --dry_run     # the same run through xpk
 
---dry-run prints the manifest and the exact commands (kubectl apply / logs / delete, or xpk) and runs nothing.
+--dry_run prints the manifest and the exact commands (kubectl apply / logs / delete, or xpk) and runs nothing.
 The image must hold this checkout installed (e.g. `pip install -e .` and jax[tpu]). GKE's TPU webhook sets
 TPU_WORKER_HOSTNAMES / TPU_WORKER_ID in each pod, which `qwencoder_jax.distributed.initialize()` picks up; for
 Multislice the manifest adds the MEGASCALE_* variables (coordinator = pod 0 of slice 0).
@@ -22,6 +22,8 @@ import tempfile
 from typing import Any, Sequence
 
 import yaml
+
+from qwencoder_jax import cli_flags
 
 # launch/ is the script directory
 from tpu_slices import SliceType, aot_check_command, run_aot_check, stage_command
@@ -131,14 +133,14 @@ def xpk_commands(run: GkeRun) -> list[list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True)
     parser.add_argument("--image", required=True)
     parser.add_argument("--accelerator", default="v5p-256")
-    parser.add_argument("--num-slices", type=int, default=1)
+    parser.add_argument("--num_slices", type=int, default=1)
     parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[])
-    parser.add_argument("--gin-file", action="append", default=[], help="gin file after the stage (repeatable)")
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file after the stage (repeatable)")
     parser.add_argument("--workdir", required=True,
                         help="the trainer's --workdir, the same in every pod: a shared location (gs://...), since "
                              "every host writes its shards of each checkpoint there")
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--xpk", action="store_true", help="launch with xpk instead of a JobSet manifest")
     parser.add_argument("--cluster", default=None)
     parser.add_argument("--manifest", default=None, help="where to write the manifest (default: a temp file)")
-    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("--no_check", action="store_true",
                         help="skip the ahead-of-time compile check (python -m qwencoder_jax.aot) before provisioning")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Run N JAX processes on this machine, as a pod would run one per host.
 
-    python launch/local.py --num-processes 2 --devices-per-process 2 -- python -m some.entry --flag ...
-    python launch/local.py --num-processes 2 --dry-run -- python -m some.entry   # print each process's command
+    python launch/local.py --num_processes 2 --devices_per_process 2 -- python -m some.entry --flag ...
+    python launch/local.py --num_processes 2 --dry_run -- python -m some.entry   # print each process's command
 
 Each process gets QWENCODER_COORDINATOR (a free local port), QWENCODER_NUM_PROCESSES, QWENCODER_PROCESS_ID and
 XLA_FLAGS=--xla_force_host_platform_device_count=D, so `qwencoder_jax.distributed.initialize()` connects them.
@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 from typing import Sequence
+
+from qwencoder_jax import cli_flags
 
 
 def free_port() -> int:
@@ -135,14 +137,14 @@ def launch(command: Sequence[str], num_processes: int, devices_per_process: int 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-processes", type=int, default=2)
-    parser.add_argument("--devices-per-process", type=int, default=1, help="fake CPU devices in each process")
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_processes", type=int, default=2)
+    parser.add_argument("--devices_per_process", type=int, default=1, help="fake CPU devices in each process")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the whole run is stopped")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
-    parser.add_argument("--heartbeat-timeout", type=int, default=None,
+    parser.add_argument("--heartbeat_timeout", type=int, default=None,
                         help="jax.distributed heartbeat timeout in seconds (passed through the environment)")
-    parser.add_argument("--dry-run", action="store_true", help="print each process's command and run nothing")
+    parser.add_argument("--dry_run", action="store_true", help="print each process's command and run nothing")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command every process runs")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -1,11 +1,11 @@
 """Run a training stage on Cloud TPU VMs: one slice, or several joined over DCN (Multislice).
 
     python launch/tpu_vm.py --name coder7b --project P --zone us-east5-a --accelerator v5p-256 \
-        --stage gin/stages/stage1_file_level.gin --gin-file gin/models/qwen2.5-coder-7b.gin \
-        --gin MESH_SHAPE="(1,-1,1,1)" --gin CODE_DIR='"gs://B/code"' ... --workdir gs://B/runs/stage1 --dry-run
-    python launch/tpu_vm.py ... --num-slices 2 --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2
+        --stage gin/stages/stage1_file_level.gin --gin_file gin/models/qwen2.5-coder-7b.gin \
+        --gin MESH_SHAPE="(1,-1,1,1)" --gin CODE_DIR='"gs://B/code"' ... --workdir gs://B/runs/stage1 --dry_run
+    python launch/tpu_vm.py ... --num_slices 2 --gin MESH_SHAPE="(1,-1,1,1)" --gin NUM_SLICES=2
 
-Steps, each a plain gcloud command (--dry-run prints them, one per line, and runs nothing):
+Steps, each a plain gcloud command (--dry_run prints them, one per line, and runs nothing):
   1. request the slice(s) as a queued resource (Multislice needs queued resources: --node-count/--node-prefix)
   2. wait until the queued resource is ACTIVE
   3. copy a `git archive` of this checkout to every worker of every slice and install it (jax[tpu] pinned)
@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 from typing import Sequence
+
+from qwencoder_jax import cli_flags
 
 # launch/ is the script directory
 from tpu_slices import SliceType, aot_check_command, run_aot_check, stage_command
@@ -143,23 +145,23 @@ def execute(run: TpuRun, poll_seconds: float = 30.0) -> int:
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True)
     parser.add_argument("--project", required=True)
     parser.add_argument("--zone", required=True)
     parser.add_argument("--accelerator", default="v5p-256")
-    parser.add_argument("--num-slices", type=int, default=1)
+    parser.add_argument("--num_slices", type=int, default=1)
     parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[], help="gin binding, e.g. MESH_SHAPE='(1,-1,1,1)'")
-    parser.add_argument("--gin-file", action="append", default=[], help="gin file after the stage (repeatable)")
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file after the stage (repeatable)")
     parser.add_argument("--workdir", required=True,
                         help="the trainer's --workdir, the same on every worker: a shared location (gs://...), "
                              "since every host writes its shards of each checkpoint there")
     parser.add_argument("--entry", default="qwencoder_jax.train", help="python -m entry point run on each worker")
-    parser.add_argument("--runtime-version", default=None)
+    parser.add_argument("--runtime_version", default=None)
     parser.add_argument("--spot", action="store_true")
     parser.add_argument("--keep", action="store_true", help="do not delete the TPUs at the end")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands and run nothing")
     parser.add_argument("--no_check", action="store_true",
                         help="skip the ahead-of-time compile check (python -m qwencoder_jax.aot) before provisioning")
     args = parser.parse_args(argv)

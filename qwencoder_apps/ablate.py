@@ -32,11 +32,12 @@ from typing import Sequence
 
 from qwencoder_apps.ablation import collect, runner
 from qwencoder_apps.ablation.spec import Sweep, SweepError, build_sweep
+from qwencoder_jax import cli_flags
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m qwencoder_apps.ablate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_apps.ablate", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="append", default=[], help=".sweep (TOML) or .gin file; repeatable")
     parser.add_argument("--variant", action="append", default=[], help="NAME=ITEM;ITEM... (gin files or KEY=VALUE)")
     parser.add_argument("--gin_file", action="append", default=[], help="overlay after every variant's files")

@@ -9,7 +9,7 @@
   4. evaluation the final model: perplexity / bits per byte on held-out shards, FIM exact match, HumanEval
   5. report     tables printed and written to RUN/report.md
 
-    python -m qwencoder_apps.demo [--run RUN (runs/demo, runs/demo-quick, runs/demo-smoke)] [--size demo|quick|smoke] [--reuse-data | --resume] [--no-eval]
+    python -m qwencoder_apps.demo [--run RUN (runs/demo, runs/demo-quick, runs/demo-smoke)] [--size demo|quick|smoke] [--reuse_data | --resume] [--no_eval]
     python -m qwencoder_apps.demo --showcase     # the model on real weights instead (qwencoder_apps/showcase.py)
 
 RUN/ (the layout the notebooks read): data/<dataset>/ (manifest.json, TFRecord shards, rejects.jsonl,
@@ -17,7 +17,7 @@ decontaminated.jsonl), inputs/ (the JSONL written for text, math and sft), stage
 metrics.jsonl, tensorboard/, operative_config.gin), eval/ (results.json, report.md), report.md, demo.json (the
 run's state: phases, counts, stage and eval figures).
 
-A plain rerun replaces RUN. --reuse-data keeps the finished datasets and trains again; --resume keeps everything
+A plain rerun replaces RUN. --reuse_data keeps the finished datasets and trains again; --resume keeps everything
 and continues after the last finished phase (an interrupted stage resumes from its latest checkpoint).
 """
 
@@ -31,6 +31,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+from qwencoder_jax import cli_flags
 
 
 class Clock:
@@ -58,7 +60,7 @@ def save_state(state: dict) -> None:
 
 
 def prepare_run_dir(run_dir: Path, size: str, reuse_data: bool, resume: bool, data_fields: dict) -> dict:
-    """Fresh by default; --reuse-data keeps data/ (and inputs/) when its phase finished with the same data sizes;
+    """Fresh by default; --reuse_data keeps data/ (and inputs/) when its phase finished with the same data sizes;
     --resume keeps it all (same --size)."""
     previous = load_state(run_dir)
     if resume and previous and previous.get("size") != size:
@@ -66,7 +68,7 @@ def prepare_run_dir(run_dir: Path, size: str, reuse_data: bool, resume: bool, da
                          "without --resume to start afresh")
     if reuse_data and previous and previous.get("data_fields") != json.loads(json.dumps(data_fields)):
         raise SystemExit(f"{run_dir} holds data of --size {previous.get('size')}, built with other sizes than "
-                         f"--size {size}; rerun without --reuse-data to build it again")
+                         f"--size {size}; rerun without --reuse_data to build it again")
     if resume and previous:
         return previous
     keep_data = reuse_data and previous.get("phases", {}).get("data", {}).get("status") == "done"
@@ -111,7 +113,7 @@ def default_run_dir(size: str) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None,
                         help="the run directory (RUN); default runs/demo for --size demo, runs/demo-SIZE otherwise, "
                              "so a smoke or quick run never replaces a full demo's results")
@@ -119,9 +121,9 @@ def main(argv=None) -> dict:
                         help="demo: about 15 minutes on 2 quiet cores; quick: its data, a third of its steps; "
                              "smoke: a few dozen documents per source and a few steps (tests)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--reuse-data", action="store_true", help="keep RUN/data from a finished run")
+    group.add_argument("--reuse_data", action="store_true", help="keep RUN/data from a finished run")
     group.add_argument("--resume", action="store_true", help="continue after the last finished phase")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation phase")
+    parser.add_argument("--no_eval", action="store_true", help="skip the evaluation phase")
     parser.add_argument("--showcase", action="store_true", help="run the real-weights model showcase instead")
     args, rest = parser.parse_known_args(argv)
     if args.showcase:
@@ -200,7 +202,7 @@ def main(argv=None) -> dict:
         run_phase(state, "mixtures", clock, mixtures_phase)
         run_phase(state, "training", clock, training_phase)
         if args.no_eval:
-            state["phases"]["evaluation"] = {"status": "skipped (--no-eval)", "seconds": 0}
+            state["phases"]["evaluation"] = {"status": "skipped (--no_eval)", "seconds": 0}
         else:
             run_phase(state, "evaluation", clock, evaluation_phase)
     except KeyboardInterrupt:

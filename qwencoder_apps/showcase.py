@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from qwencoder_jax import assets
+from qwencoder_jax import assets, cli_flags
 from qwencoder_jax.eval.reference_decode import greedy_by_full_forward
 from qwencoder_jax.model import PRESETS
 
@@ -49,7 +49,7 @@ def presets_table(sequence: int = 8192) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/showcase")
     parser.add_argument("--prompt", default="def fibonacci(n):")
     parser.add_argument("--new_tokens", type=int, default=24)

@@ -16,14 +16,16 @@ import argparse
 import codecs
 import sys
 
+from qwencoder_jax import cli_flags
+
 
 def _unescape(text: str) -> str:
     return codecs.decode(text, "unicode_escape") if "\\" in text else text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m qwencoder_jax.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.generate", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="converted or training checkpoint directory")
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the checkpoint's own, or Qwen2.5's)")
     parser.add_argument("--prompt", default=None, help="text to continue")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("qwencoder_jax", "qwencoder_apps", "data_pipelines")
-# What data_pipelines may use of the library: the text formats, the vocabulary, the sandbox, the Generator.
-DATA_PIPELINES_MAY_IMPORT = ("qwencoder_jax.data.fim", "qwencoder_jax.data.special_tokens",
+# What data_pipelines may use of the library: the flag style, the text formats, the vocabulary, the sandbox,
+# the Generator.
+DATA_PIPELINES_MAY_IMPORT = ("qwencoder_jax.cli_flags", "qwencoder_jax.data.fim",
+                             "qwencoder_jax.data.special_tokens",
                              "qwencoder_jax.data.vocabulary", "qwencoder_jax.eval.sandbox",
                              "qwencoder_jax.eval.generate")
 # Who may import the CPU decode stack: itself, the GGUF converter (it keeps packed blocks), the Generator (CPU only).
@@ -20,10 +22,12 @@ CPU_DECODE_USERS = ("qwencoder_jax.cpu_decode", "qwencoder_jax.convert.gguf", "q
 LIBRARY_RULES = {
     "model": {"kernels"}, "kernels": set(), "cpu_decode": {"model", "checkpoints"}, "data": {"assets"},
     "sharding": set(), "distributed": {"sharding"}, "allocator": set(), "assets": set(), "checkpoints": {"model"},
-    "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator"},
-    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train"}, "generate": {"eval"},
-    "aot": {"model", "sharding", "train"},
-    "convert": {"model", "checkpoints", "cpu_decode", "assets"},
+    "cli_flags": set(),
+    "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator", "cli_flags"},
+    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train", "cli_flags"},
+    "generate": {"eval", "cli_flags"},
+    "aot": {"model", "sharding", "train", "cli_flags"},
+    "convert": {"model", "checkpoints", "cpu_decode", "assets", "cli_flags"},
 }
 
 

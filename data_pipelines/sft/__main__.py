@@ -8,7 +8,7 @@
   validate       run code + tests in the multilingual sandbox, keep passing  --input X.jsonl
   ast-fim        tree-sitter FIM samples from code files                     --files ... --output DIR|X.jsonl
   chatml         validate ChatML JSONL and write `sft` shards                 --input X.jsonl --output DIR
-                 [--fim-samples F.jsonl --fim-share 0.1]: mix in AST-FIM samples
+                 [--fim_samples F.jsonl --fim_share 0.1]: mix in AST-FIM samples
   decontaminate  drop conversations overlapping evaluation sets               --input X.jsonl --output Y.jsonl
 """
 
@@ -21,6 +21,7 @@ import sys
 
 from data_pipelines.sft import chatml
 from data_pipelines.sft.tally import Tally
+from qwencoder_jax import cli_flags
 
 
 def _expand(paths: list[str]) -> list[str]:
@@ -44,18 +45,18 @@ def _report(tally: Tally, label: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines.sft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m data_pipelines.sft", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("langid-train", "langid-eval"):
         sub = commands.add_parser(name)
         sub.add_argument("--output" if name == "langid-train" else "--model", required=True)
         sub.add_argument("--root", action="append", help="source trees (default: what this machine has)")
-        sub.add_argument("--files-per-language", type=int, default=300)
+        sub.add_argument("--files_per_language", type=int, default=300)
     sub = commands.add_parser("synthesize")
     sub.add_argument("--files", nargs="+", required=True)
     sub.add_argument("--model", required=True, help="http://HOST:PORT/v1[#MODEL] or checkpoint:PATH")
-    sub.add_argument("--response-model", default=None)
+    sub.add_argument("--response_model", default=None)
     sub.add_argument("--output", required=True)
     sub = commands.add_parser("judge")
     sub.add_argument("--input", required=True)
@@ -76,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--output", required=True)
     sub.add_argument("--name", default=None)
     sub.add_argument("--shards", type=int, default=1)
-    sub.add_argument("--fim-samples", default="", help="AST-FIM JSONL (ast-fim --output X.jsonl) to mix in")
-    sub.add_argument("--fim-share", type=float, default=0.1, help="at most this share of records are FIM samples")
+    sub.add_argument("--fim_samples", default="", help="AST-FIM JSONL (ast-fim --output X.jsonl) to mix in")
+    sub.add_argument("--fim_share", type=float, default=0.1, help="at most this share of records are FIM samples")
     sub = commands.add_parser("decontaminate")
     sub.add_argument("--input", required=True)
     sub.add_argument("--output", required=True)
     sub.add_argument("--benchmark", action="append", default=None, help="humaneval, math500 (default: both)")
-    sub.add_argument("--extra-jsonl", action="append", default=[])
+    sub.add_argument("--extra_jsonl", action="append", default=[])
     args = parser.parse_args(argv)
     tally = Tally()
 

@@ -73,8 +73,8 @@ def train_command(sweep: Sweep, variant: Variant, workdir: Path, processes: int 
                   devices_per_process: int = 1) -> list[str]:
     command = [sys.executable, "-m", "qwencoder_jax.train", *sweep.train_arguments(variant, str(workdir))]
     if processes > 1:
-        command = [sys.executable, str(REPOSITORY / "launch" / "local.py"), "--num-processes", str(processes),
-                   "--devices-per-process", str(devices_per_process), "--", *command]
+        command = [sys.executable, str(REPOSITORY / "launch" / "local.py"), "--num_processes", str(processes),
+                   "--devices_per_process", str(devices_per_process), "--", *command]
     return command
 
 
@@ -173,11 +173,11 @@ def pod_commands(sweep: Sweep, name_prefix: str, pod_flags: Sequence[str], pod_w
         command = [sys.executable, str(REPOSITORY / "launch" / "tpu_vm.py"), "--name", tpu_name(name_prefix, variant.name),
                    *pod_flags, "--stage", files[0]]
         for path in files[1:]:
-            command += ["--gin-file", path]
+            command += ["--gin_file", path]
         for binding in sweep.bindings_of(variant):
             key, _, value = binding.partition("=")
             command += ["--gin", f"{key.strip()}={value.strip()}"]
-        command += ["--workdir", f"{pod_workdir.rstrip('/')}/{variant.name}"] + (["--dry-run"] if dry_run else [])
+        command += ["--workdir", f"{pod_workdir.rstrip('/')}/{variant.name}"] + (["--dry_run"] if dry_run else [])
         commands[variant.name] = command
     return commands
 

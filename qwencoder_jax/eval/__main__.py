@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import Sequence
 
+from qwencoder_jax import cli_flags
 from qwencoder_jax.eval import report, sandbox
 from qwencoder_jax.eval.options import EvalOptions
 
@@ -36,8 +37,8 @@ def _numbers(text: str, kind) -> tuple:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m qwencoder_jax.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.eval", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="model checkpoint directory (checkpoints.save_model)")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's, else the Qwen2.5 one)")
     parser.add_argument("--tasks", default="humaneval,infilling,needle,math",

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import gin
 
-from qwencoder_jax import sharding
+from qwencoder_jax import cli_flags, sharding
 from qwencoder_jax.data.loader import LoaderConfig
 from qwencoder_jax.model.config import ModelConfig, get_preset
 from qwencoder_jax.train import gin_check
@@ -152,8 +152,8 @@ def build(workdir: str) -> tuple[TrainerConfig, dict]:
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m qwencoder_jax.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.train", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later ones win)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'KEY = VALUE'")
     parser.add_argument("--workdir", required=True)

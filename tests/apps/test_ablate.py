@@ -112,15 +112,15 @@ def test_dry_runs_print_one_trainer_or_pod_command_per_variant(tmp_path, data, c
     assert ablate.main([f"--sweep={TABLE3}", f"--gin_file={TINY}", *gin_flags, "--gin.MESH_SHAPE=(1,-1,1,1)",
                         f"--workdir={tmp_path}", "--processes=2", "--devices_per_process=2", "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all("launch/local.py --num-processes 2 --devices-per-process 2 -- " in line
+    assert len(lines) == 3 and all("launch/local.py --num_processes 2 --devices_per_process 2 -- " in line
                                    and "-m qwencoder_jax.train" in line for line in lines)
     assert ablate.main([f"--sweep={TABLE3}", f"--gin_file={TINY}", *gin_flags, f"--workdir={tmp_path}",
                         "--launcher=pod", "--pod_name=t3", "--pod_flags=--project p --zone z --accelerator v5p-64",
                         "--pod_workdir=/mnt/runs/t3", "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("launch/tpu_vm.py --name t3-mixture-" in line for line in lines)
-    assert "--stage gin/ablations/mixture_100_0_0.gin --gin-file gin/cpu/tiny.gin" in lines[0]
-    assert lines[0].endswith("--workdir /mnt/runs/t3/mixture_100_0_0 --dry-run")
+    assert "--stage gin/ablations/mixture_100_0_0.gin --gin_file gin/cpu/tiny.gin" in lines[0]
+    assert lines[0].endswith("--workdir /mnt/runs/t3/mixture_100_0_0 --dry_run")
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
 
 

@@ -47,7 +47,7 @@ def build_data(run: Path, inputs: Path) -> dict[str, Path]:
     code_sources = [f"--source=stdlib={STDLIB / p}:repository" for p in CODE_PACKAGES]
     _pipeline([*code_sources, "--output", str(data / "code"), "--name", "code"])
     repo_sources = [f"--source=stdlib={STDLIB / p}:repository" for p in REPO_PACKAGES]
-    _pipeline([*repo_sources, "--kind", "code_repo", "--repo-max-chars", "60000", "--output", str(data / "repo"),
+    _pipeline([*repo_sources, "--kind", "code_repo", "--repo_max_chars", "60000", "--output", str(data / "repo"),
                "--name", "repo"])
     inputs.mkdir(parents=True, exist_ok=True)
     sources.write_documentation_jsonl(inputs / "text.jsonl", 60)

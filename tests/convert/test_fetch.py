@@ -84,7 +84,7 @@ def test_cli_names_bad_requests(tmp_path, capsys):
     assert "no published model named 'qwen-nonexistent'; available: qwen2.5-coder-0.5b-instruct" in \
         capsys.readouterr().err
     (tmp_path / "taken").mkdir()
-    assert cli.main(["fetch", published.DEFAULT_MODEL, str(tmp_path / "taken"), "--no-install"]) == 1
+    assert cli.main(["fetch", published.DEFAULT_MODEL, str(tmp_path / "taken"), "--no_install"]) == 1
     assert "already exists" in capsys.readouterr().err
 
 

@@ -1,5 +1,5 @@
 """`data_pipelines run` holds out its last shard as the `validation` split by default (the recipe's mechanism), so
-`qwencoder_jax.eval --tasks perplexity --data_source NAME=DIR` runs on its output; `--no-validation` keeps all."""
+`qwencoder_jax.eval --tasks perplexity --data_source NAME=DIR` runs on its output; `--no_validation` keeps all."""
 
 import json
 import shutil
@@ -41,7 +41,7 @@ def test_run_holds_out_the_last_shard_by_default(tmp_path):
     assert splits["train"]["records"] > 0 and splits["validation"]["records"] > 0
     # Nothing lost: every kept document is in exactly one split.
     assert splits["train"]["records"] + splits["validation"]["records"] == manifest["counts"]["kept"]
-    _, everything = _run(tmp_path, "--no-validation")
+    _, everything = _run(tmp_path, "--no_validation")
     assert set(everything["splits"]) == {"train"}
     assert everything["splits"]["train"]["records"] == manifest["counts"]["kept"]
 
@@ -51,7 +51,7 @@ def test_one_shard_with_validation_is_a_named_error(tmp_path):
                "--output", str(tmp_path / "one"), "--shards", "1", "--workers", "1", "--quiet"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode != 0
-    assert "at least 2 shards" in completed.stderr and "--no-validation" in completed.stderr
+    assert "at least 2 shards" in completed.stderr and "--no_validation" in completed.stderr
     assert "Traceback" not in completed.stderr
 
 

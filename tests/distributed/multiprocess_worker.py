@@ -1,6 +1,6 @@
 """One process of the multi-process tests (started by launch/local.py, or alone for the 1-process reference).
 
-    python tests/distributed/multiprocess_worker.py --result FILE --checkpoint DIR [--die-after-step N --die-process P]
+    python tests/distributed/multiprocess_worker.py --result FILE --checkpoint DIR [--die_after_step N --die_process P]
 
 Trains the tiny model five steps on a (data=2, fsdp=-1) mesh over all global devices, each process loading only
 its own rows; saves params with orbax; every process restores them into the same sharded layout and checks its
@@ -9,7 +9,6 @@ shards; process 0 writes {"losses": [...], "restored": true} as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qwencoder_jax import checkpoints, distributed, sharding
+from qwencoder_jax import checkpoints, cli_flags, distributed, sharding
 from qwencoder_jax.model.config import ModelConfig
 from qwencoder_jax.model.transformer import Transformer
 from qwencoder_jax.train import step as train_step_lib
@@ -30,11 +29,11 @@ GLOBAL_BATCH, LENGTH, STEPS = 8, 32, 5
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = cli_flags.ArgumentParser()
     parser.add_argument("--result", required=True)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--die-after-step", type=int, default=None)
-    parser.add_argument("--die-process", type=int, default=1)
+    parser.add_argument("--die_after_step", type=int, default=None)
+    parser.add_argument("--die_process", type=int, default=1)
     parser.add_argument("--steps", type=int, default=STEPS)
     args = parser.parse_args()
 

@@ -73,7 +73,7 @@ def test_a_dying_process_stops_the_others_with_a_clear_error(tmp_path, launcher_
     start = time.monotonic()
     status = local_launcher.launch(
         WORKER + ["--result", str(tmp_path / "r.json"), "--checkpoint", str(tmp_path / "c"),
-                  "--die-after-step", "1", "--die-process", "1"],
+                  "--die_after_step", "1", "--die_process", "1"],
         num_processes=2, devices_per_process=2, timeout_seconds=240, grace_seconds=3, sink=log)
     elapsed = time.monotonic() - start
     assert status == 3, log.getvalue()[-5000:]
@@ -93,7 +93,7 @@ def test_survivor_fails_on_its_own_without_the_launcher(tmp_path):
         env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
         processes.append(subprocess.Popen(
             WORKER + ["--result", str(tmp_path / "r.json"), "--checkpoint", str(tmp_path / "c"),
-                      "--die-after-step", "1", "--die-process", "1"],
+                      "--die_after_step", "1", "--die_process", "1"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True))
     try:
         outputs = [process.communicate(timeout=180)[0] for process in processes]

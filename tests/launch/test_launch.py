@@ -1,4 +1,4 @@
-"""The pod launch scripts in --dry-run: the exact gcloud / kubectl / xpk commands for a v5p-256 slice and a
+"""The pod launch scripts in --dry_run: the exact gcloud / kubectl / xpk commands for a v5p-256 slice and a
 2-slice Multislice run (nothing is executed), and the command every worker runs is one the train CLI accepts:
 its flags go through the CLI's own parser and gin binds every configurable from them."""
 
@@ -22,7 +22,7 @@ COMMON = ["--name", "coder", "--project", "proj", "--zone", "us-east5-a", "--acc
 
 def dry_run_lines(module, argv, capsys) -> list[str]:
     """The dry run's commands after the ahead-of-time check (its first line, checked in test_launch_aot_check)."""
-    assert module.main(argv + ["--dry-run"]) == 0
+    assert module.main(argv + ["--dry_run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "-m qwencoder_jax.aot --topology" in lines[0]
     return lines[1:]
@@ -51,7 +51,7 @@ def test_tpu_vm_single_slice_v5p_256(capsys):
 
 
 def test_tpu_vm_two_slices(capsys):
-    lines = dry_run_lines(tpu_vm, COMMON + ["--num-slices", "2", "--gin", "NUM_SLICES=2"], capsys)
+    lines = dry_run_lines(tpu_vm, COMMON + ["--num_slices", "2", "--gin", "NUM_SLICES=2"], capsys)
     assert lines[1].endswith("--node-count=2 --node-prefix=coder")
     assert [line.split()[6] for line in lines if "tpu-vm scp" in line] == [
         "coder-0:/tmp/qwencoder-jax.tar.gz", "coder-1:/tmp/qwencoder-jax.tar.gz"]
@@ -85,7 +85,7 @@ def test_gke_jobset_single_slice(capsys):
 
 
 def test_gke_two_slices_and_xpk(capsys):
-    lines = dry_run_lines(gke, ["--name", "coder", "--image", "img", "--num-slices", "2", "--workdir", "gs://b/r"],
+    lines = dry_run_lines(gke, ["--name", "coder", "--image", "img", "--num_slices", "2", "--workdir", "gs://b/r"],
                           capsys)
     manifest = yaml.safe_load("\n".join(lines[1:lines.index("---")]))
     assert manifest["spec"]["replicatedJobs"][0]["replicas"] == 2
@@ -93,7 +93,7 @@ def test_gke_two_slices_and_xpk(capsys):
            ["containers"][0]["env"]}
     assert env["MEGASCALE_NUM_SLICES"]["value"] == "2"
     assert env["MEGASCALE_COORDINATOR_ADDRESS"]["value"] == "coder-slice-0-0.coder"
-    lines = dry_run_lines(gke, ["--name", "coder", "--image", "img", "--num-slices", "2", "--xpk", "--cluster", "c1",
+    lines = dry_run_lines(gke, ["--name", "coder", "--image", "img", "--num_slices", "2", "--xpk", "--cluster", "c1",
                                 "--workdir", "gs://b/r"], capsys)
     assert lines[0] == ("xpk workload create --cluster=c1 --workload=coder --tpu-type=v5p-256 --num-slices=2 "
                         "--docker-image=img '--command=python -m qwencoder_jax.train "
@@ -104,7 +104,7 @@ def test_gke_two_slices_and_xpk(capsys):
 
 DATA_BINDINGS = ["CODE_DIR='gs://b/code'", "TEXT_DIR='gs://b/text'", "MATH_DIR='gs://b/math'", "NUM_SLICES=2",
                  "BATCH_SIZE=8", "TOTAL_STEPS=1000"]
-POD_FLAGS = ["--gin-file", "gin/models/qwen2.5-coder-7b.gin", "--gin", "MESH_SHAPE=(1,-1,1,4)"] + [
+POD_FLAGS = ["--gin_file", "gin/models/qwen2.5-coder-7b.gin", "--gin", "MESH_SHAPE=(1,-1,1,4)"] + [
     flag for binding in DATA_BINDINGS for flag in ("--gin", binding)]
 
 
@@ -130,7 +130,7 @@ def train_cli_accepts(worker_command: str, tmp_path, monkeypatch) -> "object":
 
 
 def test_tpu_vm_worker_command_is_accepted_by_the_train_cli(capsys, tmp_path, monkeypatch):
-    lines = dry_run_lines(tpu_vm, COMMON[:-2] + ["--num-slices", "2", "--workdir", "gs://b/runs/s1"] + POD_FLAGS,
+    lines = dry_run_lines(tpu_vm, COMMON[:-2] + ["--num_slices", "2", "--workdir", "gs://b/runs/s1"] + POD_FLAGS,
                           capsys)
     worker_command = shlex.split(lines[-2])[-1].removeprefix("--command=").split(" && ", 1)[1]
     config = train_cli_accepts(worker_command, tmp_path, monkeypatch)
@@ -140,7 +140,7 @@ def test_tpu_vm_worker_command_is_accepted_by_the_train_cli(capsys, tmp_path, mo
 
 
 def test_gke_worker_commands_are_accepted_by_the_train_cli(capsys, tmp_path, monkeypatch):
-    argv = ["--name", "coder", "--image", "img", "--num-slices", "2", "--workdir", "gs://b/runs/s1"] + POD_FLAGS
+    argv = ["--name", "coder", "--image", "img", "--num_slices", "2", "--workdir", "gs://b/runs/s1"] + POD_FLAGS
     lines = dry_run_lines(gke, argv, capsys)
     manifest = yaml.safe_load("\n".join(lines[1:lines.index("---")]))
     container = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
@@ -155,7 +155,7 @@ def test_pod_launchers_refuse_to_run_without_a_workdir(capsys):
     import pytest
     for module, argv in ((tpu_vm, COMMON[:-2]), (gke, ["--name", "coder", "--image", "img"])):
         with pytest.raises(SystemExit):
-            module.main(argv + ["--dry-run"])
+            module.main(argv + ["--dry_run"])
         assert "--workdir" in capsys.readouterr().err
 
 
@@ -164,13 +164,13 @@ def test_launchers_check_ahead_of_time_first_unless_told_not_to(capsys):
     from qwencoder_jax.aot.__main__ import _parser
     from qwencoder_jax.train.cli import parse_with_gin_flags
 
-    for module, argv in ((tpu_vm, COMMON + ["--num-slices", "2"]),
-                         (gke, ["--name", "c", "--image", "i", "--workdir", "gs://b/r", "--num-slices", "2",
+    for module, argv in ((tpu_vm, COMMON + ["--num_slices", "2"]),
+                         (gke, ["--name", "c", "--image", "i", "--workdir", "gs://b/r", "--num_slices", "2",
                                 "--gin", "MESH_SHAPE=(1,-1,1,1)"])):
-        assert module.main(argv + ["--dry-run"]) == 0
+        assert module.main(argv + ["--dry_run"]) == 0
         check = shlex.split(capsys.readouterr().out.splitlines()[0])
         args, bindings = parse_with_gin_flags(_parser(), check[3:])
         assert (args.topology, args.num_slices) == ("v5p-256", 2)
         assert args.gin_file == ["gin/stages/stage1_file_level.gin"] and bindings == ["MESH_SHAPE = (1,-1,1,1)"]
-        assert module.main(argv + ["--dry-run", "--no_check"]) == 0
+        assert module.main(argv + ["--dry_run", "--no_check"]) == 0
         assert "qwencoder_jax.aot" not in capsys.readouterr().out

@@ -1,5 +1,5 @@
-"""launch/local.py --dry-run prints, per process, the variables it would set and the command, and starts
-nothing (launch/README.md promises --dry-run on every launcher)."""
+"""launch/local.py --dry_run prints, per process, the variables it would set and the command, and starts
+nothing (launch/README.md promises --dry_run on every launcher)."""
 
 import shlex
 import subprocess
@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_local_dry_run_prints_one_line_per_process_and_starts_nothing(tmp_path):
     marker = tmp_path / "ran"
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "local.py"), "--num-processes", "3",
-                             "--devices-per-process", "2", "--dry-run", "--", "touch", str(marker)],
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "local.py"), "--num_processes", "3",
+                             "--devices_per_process", "2", "--dry_run", "--", "touch", str(marker)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

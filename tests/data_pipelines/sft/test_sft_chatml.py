@@ -125,7 +125,7 @@ def test_chatml_dataset_mixed_with_a_capped_share_of_ast_fim_samples(tmp_path, c
     assert sft_main(["ast-fim", "--files", str(tmp_path / "code"), "--output", str(tmp_path / "fim.jsonl")]) == 0
     write_input(tmp_path / "in.jsonl")
     assert sft_main(["chatml", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "mixed"),
-                     "--fim-samples", str(tmp_path / "fim.jsonl"), "--fim-share", "0.5"]) == 0
+                     "--fim_samples", str(tmp_path / "fim.jsonl"), "--fim_share", "0.5"]) == 0
     assert "read 13, kept 4, rejected 9" in capsys.readouterr().out  # 2 chats + 2 FIM; 1 FIM over the share
     manifest = shards.read_manifest(tmp_path / "mixed")
     assert manifest["counts"]["rejected"]["fim_over_share"] == 1 and manifest["splits"]["train"]["records"] == 4

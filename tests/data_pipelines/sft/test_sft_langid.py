@@ -110,7 +110,7 @@ def test_cli_trains_saves_and_evaluates_a_model(tmp_path, capsys):
     if not go_roots:
         pytest.skip("no Go sources (golang-src, scripts/apt-packages.txt)")
     roots = ["--root", sysconfig.get_paths()["stdlib"], "--root", go_roots[0]]
-    assert main(["langid-train", "--output", str(tmp_path / "langid.bin"), "--files-per-language", "20", *roots]) == 0
-    assert main(["langid-eval", "--model", str(tmp_path / "langid.bin"), "--files-per-language", "20", *roots]) == 0
+    assert main(["langid-train", "--output", str(tmp_path / "langid.bin"), "--files_per_language", "20", *roots]) == 0
+    assert main(["langid-eval", "--model", str(tmp_path / "langid.bin"), "--files_per_language", "20", *roots]) == 0
     out = capsys.readouterr().out
     assert "langid-train:" in out and out.count("  Python ") == 2 and out.count("  Go ") == 2
