@@ -36,11 +36,12 @@ def compile_tiny():
 
     reports = {}
 
-    def run(mode):
-        if mode not in reports:
-            reports[mode] = compile_lib.compile_stage([STAGE1, TINY], SPLASH + [WIDE_TINY],
-                                                      topology.parse("v5litepod-4"), mode=mode, new_tokens=128)
-        return reports[mode]
+    def run(mode, layers=2):
+        if (mode, layers) not in reports:
+            overrides = WIDE_TINY[:-1] + f', "num_layers": {layers}}}'
+            reports[mode, layers] = compile_lib.compile_stage([STAGE1, TINY], SPLASH + [overrides],
+                                                              topology.parse("v5litepod-4"), mode=mode, new_tokens=128)
+        return reports[mode, layers]
 
     return run
 
@@ -58,6 +59,20 @@ def test_train_step_compiles_with_the_mosaic_splash_kernel(compile_tiny):
     assert report.alias_bytes >= report.state_bytes
     # fsdp: parameters are all-gathered for the layers
     assert report.collectives["all-gather"]["count"] > 0
+
+
+def test_collectives_are_counted_per_layer_of_the_scanned_loop(compile_tiny):
+    """One more layer adds one more pass of each scanned loop (forward, and backward with the recompute): each
+    collective inside them once more; the reduce-scatter fusions of the gradients count as reduce-scatters."""
+    two, three = compile_tiny("train"), compile_tiny("train", layers=3)
+    assert two.loop_trip_counts == [2, 2] and three.loop_trip_counts == [3, 3]
+    for kind in ("all-gather", "reduce-scatter"):
+        per_layer = {figure: three.collectives[kind][figure] - two.collectives[kind][figure]
+                     for figure in ("count", "bytes")}
+        assert per_layer["count"] > 0 and per_layer["bytes"] > 0, kind
+        for figure, value in per_layer.items():  # outside the loops: the two-layer step less its two passes
+            assert two.collectives[kind][figure] - 2 * value >= 0, (kind, figure)
+    assert two.program_fingerprint != three.program_fingerprint  # the stacked layer shapes differ
 
 
 def test_state_bytes_match_the_parameter_count(compile_tiny):
@@ -170,19 +185,3 @@ def test_compiled_flops_match_the_model_flops_formula_on_the_dot_product_path():
         ratios[remat] = report.compiled_flops / (report.model_flops + masked_half * tokens_per_device)
     assert 1.0 <= ratios["none"] <= 1.05, ratios
     assert 4 / 3 * 0.97 <= ratios["full"] <= 4 / 3 * 1.05, ratios
-
-
-def test_hlo_collectives_and_mosaic_kernels_are_counted_from_the_result_shapes():
-    from qwencoder_jax.aot.compile import _hlo_figures
-
-    hlo = "\n".join([
-        "  %ag = (bf16[4,128]{1,0}, bf16[16,128]{1,0}) all-gather-start(bf16[4,128]{1,0} %p), dimensions={0}",
-        "  %cp = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(f32[8]{0} %x)",
-        "  %ar = f32[1024]{0} all-reduce(f32[1024]{0} %y), to_apply=%add",
-        '  %k = f32[2]{0} custom-call(f32[2]{0} %z), custom_call_target="tpu_custom_call"'])
-    mosaic, collectives = _hlo_figures(hlo)
-    assert mosaic == 1
-    assert collectives["all-gather"] == {"count": 1, "bytes": 16 * 128 * 2}
-    assert collectives["collective-permute"] == {"count": 1, "bytes": 8 * 4}
-    assert collectives["all-reduce"] == {"count": 1, "bytes": 1024 * 4}
-    assert collectives["reduce-scatter"]["count"] == 0
