@@ -103,17 +103,35 @@ def _aot(*args, env=None):
 
 
 def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
+    """The command line end to end, in its own process: exit 1 with the figures, and libtpu's own log files in
+    the project's cache folder (named in the output), not in /tmp/tpu_logs."""
     _libtpu_or_skip()
     # a 4M-token vocabulary at width 1024: 16 GiB of embedding, times three with Adam, on one 16 GiB v5e chip
     result = _aot("--topology", "v5litepod-1", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
                   '--gin.MODEL_OVERRIDES={"vocab_size": 4194304, "hidden_size": 1024}', "--gin.SEQUENCE_LENGTH=128",
-                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"))
+                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"),
+                  env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert result.returncode == 1 and result.stdout.strip(), result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("fits=no per_device_gib=") and "hbm_gib=16.000" in last
     assert "does not fit" in result.stderr and "remat" in result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fits"] is False and report["argument_bytes"] > 3 * 4194304 * 1024 * 4
+    if "TPU_LOG_DIR" not in os.environ:
+        logs = tmp_path / "cache/qwencoder_jax/libtpu_logs"
+        assert f"libtpu logs  {logs}" in result.stdout
+        assert any(path.name.startswith("tpu_driver.") for path in logs.iterdir())
+
+
+def test_any_other_error_exits_2_in_one_line(capsys):
+    """An exception the tool has no special case for (here gin's OSError for a missing file) is still a one-line
+    exit 2, never a traceback's exit 1, which would read as "does not fit"."""
+    _libtpu_or_skip()
+    from qwencoder_jax.aot.__main__ import main
+
+    assert main(["--topology", "v5litepod-4", "--gin_file=gin/stages/no_such_stage.gin"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: OSError: Unable to open file: gin/stages/no_such_stage.gin")
 
 
 def test_unknown_topology_lists_the_known_ones(capsys):
@@ -132,12 +150,13 @@ def test_topology_names_map_to_chip_grids():
     assert topology.parse("v5p-256").hosts == 32
 
 
-def test_missing_libtpu_exits_2_with_the_install_hint(tmp_path):
-    result = _aot("--topology", "v5p-8", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
-                  env={"QWENCODER_LIBTPU_DIR": str(tmp_path)})
-    assert result.returncode == 2
-    assert "libtpu is not installed" in result.stderr and "pip install" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_missing_libtpu_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys):
+    from qwencoder_jax.aot.__main__ import main
+
+    monkeypatch.setenv("QWENCODER_LIBTPU_DIR", str(tmp_path))
+    assert main(["--topology", "v5p-8", f"--gin_file={STAGE1}", f"--gin_file={TINY}"]) == 2
+    error = capsys.readouterr().err
+    assert "libtpu is not installed" in error and "pip install" in error and "Traceback" not in error
 
 
 @pytest.mark.slow
