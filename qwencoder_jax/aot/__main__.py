@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: SEQUENCE_LENGTH)")
     parser.add_argument("--new_tokens", type=int, default=256, help="prefill/decode: cache slots after the prompt")
     parser.add_argument("--json", default=None, help="write the report here as JSON")
+    parser.add_argument("--hlo", default=None, help="write the compiled program's HLO text here")
     return parser
 
 
@@ -88,7 +89,7 @@ def _compile(parser, argv, topology):
 
     args, bindings = parse_with_gin_flags(parser, argv)
     return compile_lib.compile_stage(args.gin_file, bindings, topology, args.num_slices, args.mode,
-                                     args.prompt_length, args.new_tokens)
+                                     args.prompt_length, args.new_tokens, hlo_path=args.hlo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

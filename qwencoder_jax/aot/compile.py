@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -200,7 +201,9 @@ def lower_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Top
 
 
 def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Topology, num_slices: int = 1,
-                  mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256) -> Report:
+                  mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256,
+                  hlo_path: str | None = None) -> Report:
+    """The Report of the compiled program; hlo_path: also write the compiled HLO text there."""
     lowered, common, lowering_seconds = lower_stage(gin_files, bindings, topology, num_slices, mode, prompt_length,
                                                     new_tokens)
     start = time.perf_counter() - lowering_seconds
@@ -222,6 +225,8 @@ def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: T
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     text = compiled.as_text()
+    if hlo_path:
+        Path(hlo_path).write_text(text)
     collectives, trips = hlo.collectives(text)
     return Report(**common, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
                   alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,

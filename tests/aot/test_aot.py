@@ -109,7 +109,7 @@ def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
     # a 4M-token vocabulary at width 1024: 16 GiB of embedding, times three with Adam, on one 16 GiB v5e chip
     result = _aot("--topology", "v5litepod-1", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
                   '--gin.MODEL_OVERRIDES={"vocab_size": 4194304, "hidden_size": 1024}', "--gin.SEQUENCE_LENGTH=128",
-                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"),
+                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"), "--hlo", str(tmp_path / "step.hlo"),
                   env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert result.returncode == 1 and result.stdout.strip(), result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
@@ -117,6 +117,9 @@ def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
     assert "does not fit" in result.stderr and "remat" in result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fits"] is False and report["argument_bytes"] > 3 * 4194304 * 1024 * 4
+    from qwencoder_jax.aot import hlo
+
+    assert hlo.fingerprint((tmp_path / "step.hlo").read_text()) == report["program_fingerprint"]
     if "TPU_LOG_DIR" not in os.environ:
         logs = tmp_path / "cache/qwencoder_jax/libtpu_logs"
         assert f"libtpu logs  {logs}" in result.stdout

@@ -36,7 +36,10 @@ def cloud(tmp_path):
         tool.chmod(0o755)
 
     def launch(launcher, *args):
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               "XDG_CACHE_HOME": str(tmp_path / "cache")}  # libtpu's logs
+        if launcher == "gke":
+            args += ("--manifest", str(tmp_path / "jobset.yaml"))
         result = subprocess.run([sys.executable, f"launch/{launcher}.py", *LAUNCHERS[launcher], *args], cwd=ROOT,
                                 env=env, capture_output=True, text=True, timeout=600)
         calls = record.read_text().splitlines() if record.exists() else []
@@ -62,11 +65,11 @@ def test_a_run_that_does_not_fit_is_refused_before_any_cloud_command(cloud, laun
 @pytest.mark.parametrize("launcher, first", [
     ("tpu_vm", "gcloud compute tpus queued-resources create coder --project=proj --zone=us-east5-a "
                "--accelerator-type=v5litepod-4 --runtime-version=v2-alpha-tpuv5-lite --node-id=coder"),
-    ("gke", "kubectl apply -f ")])
-def test_a_run_that_fits_goes_on_to_provision(cloud, launcher, first):
+    ("gke", "kubectl apply -f {tmp_path}/jobset.yaml")])
+def test_a_run_that_fits_goes_on_to_provision(cloud, launcher, first, tmp_path):
     result, calls = cloud(launcher, "--accelerator", "v5litepod-4", *TINY)
     assert "fits=yes" in result.stdout, result.stderr[-2000:]
-    assert calls and calls[0].startswith(first), calls
+    assert calls and calls[0] == first.format(tmp_path=tmp_path), calls
     # the stand-in fails, so each launcher tears down what it may have created and reports the failure
     assert calls[-1] in ("gcloud compute tpus queued-resources delete coder --project=proj --zone=us-east5-a "
                          "--force --quiet", "kubectl delete jobset coder")
