@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: SEQUENCE_LENGTH)")
     parser.add_argument("--new_tokens", type=int, default=256, help="prefill/decode: cache slots after the prompt")
     parser.add_argument("--json", default=None, help="write the report here as JSON")
+    parser.add_argument("--hlo", default=None, help="write the compiled program's HLO text here")
     return parser
 
 
@@ -76,6 +77,22 @@ def advice(report) -> str:
             f"(TOKEN_CHUNK_SIZE)")
 
 
+def _one_line(error: Exception) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, (ValueError, TypeError, topology_lib.LibtpuMissing)) and first:
+        return f"error: {first}"
+    return f"error: {type(error).__name__}: {first}" if first else f"error: {type(error).__name__}"
+
+
+def _compile(parser, argv, topology):
+    from qwencoder_jax.aot import compile as compile_lib
+    from qwencoder_jax.train.cli import parse_with_gin_flags
+
+    args, bindings = parse_with_gin_flags(parser, argv)
+    return compile_lib.compile_stage(args.gin_file, bindings, topology, args.num_slices, args.mode,
+                                     args.prompt_length, args.new_tokens, hlo_path=args.hlo)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
@@ -88,20 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, topology_lib.LibtpuMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from qwencoder_jax.aot import compile as compile_lib
-    from qwencoder_jax.train.cli import parse_with_gin_flags
-
-    args, bindings = parse_with_gin_flags(parser, argv)
-
     try:
-        report = compile_lib.compile_stage(args.gin_file, bindings, topology, args.num_slices, args.mode,
-                                           args.prompt_length, args.new_tokens)
-    except (ValueError, TypeError, topology_lib.LibtpuMissing) as error:  # gin, mesh and shape errors name the problem
-        print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        report = _compile(parser, argv, topology)
+    except Exception as error:  # noqa: BLE001 -- gin, mesh and shape errors name the problem; anything else is
+        # still exit 2 in one line, never a traceback's exit 1 (which means "does not fit")
+        print(_one_line(error), file=sys.stderr)
         return 2
     print(table(report))
+    print(f"libtpu logs  {topology_lib.log_dir()}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        try:
+            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as error:
+            print(_one_line(error), file=sys.stderr)
+            return 2
     if not report.fits:
         print(advice(report), file=sys.stderr)
     print(f"fits={'yes' if report.fits else 'no'} per_device_gib={report.per_device_bytes / GIB:.3f} "

@@ -11,9 +11,9 @@ accumulation, mesh, all from gin); splash attention lowers through Mosaic becaus
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from qwencoder_jax import sharding
+from qwencoder_jax.aot import hlo
 from qwencoder_jax.aot.topology import Topology, compile_devices
 from qwencoder_jax.model.attention import CACHE_AXES
 from qwencoder_jax.model.kv_cache import cache_shapes
@@ -35,9 +36,6 @@ MODES = ("train", "prefill", "decode")
 PLACEHOLDERS = {**{name: '"unused"' for name in ("CODE_DIR", "TEXT_DIR", "MATH_DIR", "REPO_DIR", "SFT_DIR")},
                 **{name: "None" for name in ("STAGE1_WORKDIR", "STAGE2_WORKDIR", "SFT_COARSE_WORKDIR")},
                 "TOTAL_STEPS": "1000"}
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-                "s64": 8, "u64": 8, "f64": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +54,14 @@ class Report:
     state_bytes: int  # parameters + optimizer state per device from the sharding table (train) / params (else)
     input_bytes: int  # the batch (train) or the cache and token inputs (prefill / decode) per device
     mosaic_kernels: int
-    collectives: dict[str, dict[str, int]]  # kind -> {"count", "bytes"} (per HLO occurrence; loop bodies once)
+    collectives: dict[str, dict[str, int]]  # kind -> {"count", "bytes"} per step (loop bodies x trip counts)
     compile_seconds: float
     compiled_flops: float | None  # XLA's cost analysis, per device; Mosaic kernels not counted
     model_flops: float  # per device per step, 6N + attention (training) or 2N + attention (inference)
     tokens_per_step: int
     out_of_memory: str | None = None  # the TPU compiler's own refusal (it stops before memory_analysis exists)
+    loop_trip_counts: list = dataclasses.field(default_factory=list)  # the compiled while loops' (None: unread)
+    program_fingerprint: str | None = None  # the compiled program apart from its constants (hlo.fingerprint)
 
     @property
     def per_device_bytes(self) -> int:
@@ -91,25 +91,6 @@ def _num_sources() -> int:
         return len(gin.query_parameter("train.data_sources"))
     except ValueError:
         return 0
-
-
-def _hlo_figures(hlo: str) -> tuple[int, dict[str, dict[str, int]]]:
-    mosaic = hlo.count('custom_call_target="tpu_custom_call"')
-    collectives = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
-    pattern = re.compile(r"= (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(")
-    for line in hlo.splitlines():
-        match = pattern.search(line)
-        if not match:
-            continue
-        shapes = re.findall(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]", match.group(1))
-        if match.group(3) and len(shapes) > 1:  # an async start's tuple: (operand, result[, context scalars])
-            shapes = shapes[1:2]
-        moved = 0
-        for dtype, dims in shapes:
-            moved += math.prod(int(dim) for dim in filter(None, dims.split(","))) * _DTYPE_BYTES[dtype]
-        collectives[match.group(2)]["count"] += 1
-        collectives[match.group(2)]["bytes"] += moved
-    return mosaic, collectives
 
 
 def _abstract(tree, shardings):
@@ -185,8 +166,10 @@ def _inference_lowering(config, model, mesh, mode: str, batch_rows: int, prompt_
     return lowered, state_bytes, input_bytes, batch_rows * tokens, flops_per_token
 
 
-def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Topology, num_slices: int = 1,
-                  mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256) -> Report:
+def lower_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Topology, num_slices: int = 1,
+                mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256):
+    """The stage's program lowered for the topology (not compiled), the Report's figures known before compiling,
+    and the seconds lowering took."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     config = build_config(gin_files, bindings)
@@ -214,6 +197,16 @@ def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: T
                   mesh={name: int(size) for name, size in mesh.shape.items()}, hbm_bytes=topology.hbm_bytes_per_chip,
                   state_bytes=state_bytes, input_bytes=input_bytes,
                   model_flops=flops_per_token * tokens / len(devices), tokens_per_step=tokens)
+    return lowered, common, time.perf_counter() - start
+
+
+def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Topology, num_slices: int = 1,
+                  mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256,
+                  hlo_path: str | None = None) -> Report:
+    """The Report of the compiled program; hlo_path: also write the compiled HLO text there."""
+    lowered, common, lowering_seconds = lower_stage(gin_files, bindings, topology, num_slices, mode, prompt_length,
+                                                    new_tokens)
+    start = time.perf_counter() - lowering_seconds
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as error:
@@ -222,7 +215,8 @@ def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: T
         # "... HLO temporaries (66.02G) exceeds available HBM (15.75G)": the compiler stops at the first excess
         message = str(error).splitlines()[0]
         temporaries = re.search(r"temporaries \(([\d.]+)G\)", message)
-        return Report(**common, argument_bytes=state_bytes + input_bytes, output_bytes=0, alias_bytes=0,
+        return Report(**common, argument_bytes=common["state_bytes"] + common["input_bytes"], output_bytes=0,
+                      alias_bytes=0,
                       temp_bytes=int(float(temporaries.group(1)) * 2**30) if temporaries else 0, code_bytes=0,
                       mosaic_kernels=0, collectives={}, compile_seconds=time.perf_counter() - start,
                       compiled_flops=None, out_of_memory=message)
@@ -230,8 +224,12 @@ def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: T
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    mosaic, collectives = _hlo_figures(compiled.as_text())
+    text = compiled.as_text()
+    if hlo_path:
+        Path(hlo_path).write_text(text)
+    collectives, trips = hlo.collectives(text)
     return Report(**common, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
                   alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-                  code_bytes=memory.generated_code_size_in_bytes, mosaic_kernels=mosaic, collectives=collectives,
-                  compile_seconds=seconds, compiled_flops=(cost or {}).get("flops"))
+                  code_bytes=memory.generated_code_size_in_bytes, mosaic_kernels=hlo.mosaic_kernels(text),
+                  collectives=collectives, compile_seconds=seconds, compiled_flops=(cost or {}).get("flops"),
+                  loop_trip_counts=trips, program_fingerprint=hlo.fingerprint(text))

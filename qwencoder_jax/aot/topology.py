@@ -106,6 +106,14 @@ def libtpu_path() -> str:
     raise LibtpuMissing(INSTALL_HINT + where)
 
 
+def log_dir() -> Path:
+    """Where libtpu writes its own log files during a compile (it would otherwise litter /tmp/tpu_logs): TPU_LOG_DIR
+    when set, else the project's cache folder."""
+    if os.environ.get("TPU_LOG_DIR"):
+        return Path(os.environ["TPU_LOG_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwencoder_jax" / "libtpu_logs"
+
+
 def compile_devices(topology: Topology, num_slices: int = 1) -> list:
     """The slice's TPU devices (num_slices slices of it), good for compiling only."""
     path = libtpu_path()
@@ -130,7 +138,9 @@ def _compile_only_environment(path: str, topology: Topology):
         # libtpu otherwise takes /tmp/libtpu_lockfile, and a second compile on this host (a launcher's check, a
         # test's subprocess) fails with "Internal error when accessing libtpu multi-process lockfile"; nothing here
         # touches a TPU, so processes need not exclude each other
-        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+        "TPU_LOG_DIR": str(log_dir())}
+    Path(settings["TPU_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update({name: value for name, value in settings.items()
                        if name == "TPU_LIBRARY_PATH" or before[name] is None})

@@ -36,11 +36,12 @@ def compile_tiny():
 
     reports = {}
 
-    def run(mode):
-        if mode not in reports:
-            reports[mode] = compile_lib.compile_stage([STAGE1, TINY], SPLASH + [WIDE_TINY],
-                                                      topology.parse("v5litepod-4"), mode=mode, new_tokens=128)
-        return reports[mode]
+    def run(mode, layers=2):
+        if (mode, layers) not in reports:
+            overrides = WIDE_TINY[:-1] + f', "num_layers": {layers}}}'
+            reports[mode, layers] = compile_lib.compile_stage([STAGE1, TINY], SPLASH + [overrides],
+                                                              topology.parse("v5litepod-4"), mode=mode, new_tokens=128)
+        return reports[mode, layers]
 
     return run
 
@@ -58,6 +59,20 @@ def test_train_step_compiles_with_the_mosaic_splash_kernel(compile_tiny):
     assert report.alias_bytes >= report.state_bytes
     # fsdp: parameters are all-gathered for the layers
     assert report.collectives["all-gather"]["count"] > 0
+
+
+def test_collectives_are_counted_per_layer_of_the_scanned_loop(compile_tiny):
+    """One more layer adds one more pass of each scanned loop (forward, and backward with the recompute): each
+    collective inside them once more; the reduce-scatter fusions of the gradients count as reduce-scatters."""
+    two, three = compile_tiny("train"), compile_tiny("train", layers=3)
+    assert two.loop_trip_counts == [2, 2] and three.loop_trip_counts == [3, 3]
+    for kind in ("all-gather", "reduce-scatter"):
+        per_layer = {figure: three.collectives[kind][figure] - two.collectives[kind][figure]
+                     for figure in ("count", "bytes")}
+        assert per_layer["count"] > 0 and per_layer["bytes"] > 0, kind
+        for figure, value in per_layer.items():  # outside the loops: the two-layer step less its two passes
+            assert two.collectives[kind][figure] - 2 * value >= 0, (kind, figure)
+    assert two.program_fingerprint != three.program_fingerprint  # the stacked layer shapes differ
 
 
 def test_state_bytes_match_the_parameter_count(compile_tiny):
@@ -88,17 +103,38 @@ def _aot(*args, env=None):
 
 
 def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
+    """The command line end to end, in its own process: exit 1 with the figures, and libtpu's own log files in
+    the project's cache folder (named in the output), not in /tmp/tpu_logs."""
     _libtpu_or_skip()
     # a 4M-token vocabulary at width 1024: 16 GiB of embedding, times three with Adam, on one 16 GiB v5e chip
     result = _aot("--topology", "v5litepod-1", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
                   '--gin.MODEL_OVERRIDES={"vocab_size": 4194304, "hidden_size": 1024}', "--gin.SEQUENCE_LENGTH=128",
-                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"))
+                  "--gin.BATCH_SIZE=1", "--json", str(tmp_path / "report.json"), "--hlo", str(tmp_path / "step.hlo"),
+                  env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert result.returncode == 1 and result.stdout.strip(), result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("fits=no per_device_gib=") and "hbm_gib=16.000" in last
     assert "does not fit" in result.stderr and "remat" in result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fits"] is False and report["argument_bytes"] > 3 * 4194304 * 1024 * 4
+    from qwencoder_jax.aot import hlo
+
+    assert hlo.fingerprint((tmp_path / "step.hlo").read_text()) == report["program_fingerprint"]
+    if "TPU_LOG_DIR" not in os.environ:
+        logs = tmp_path / "cache/qwencoder_jax/libtpu_logs"
+        assert f"libtpu logs  {logs}" in result.stdout
+        assert any(path.name.startswith("tpu_driver.") for path in logs.iterdir())
+
+
+def test_any_other_error_exits_2_in_one_line(capsys):
+    """An exception the tool has no special case for (here gin's OSError for a missing file) is still a one-line
+    exit 2, never a traceback's exit 1, which would read as "does not fit"."""
+    _libtpu_or_skip()
+    from qwencoder_jax.aot.__main__ import main
+
+    assert main(["--topology", "v5litepod-4", "--gin_file=gin/stages/no_such_stage.gin"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: OSError: Unable to open file: gin/stages/no_such_stage.gin")
 
 
 def test_unknown_topology_lists_the_known_ones(capsys):
@@ -117,12 +153,13 @@ def test_topology_names_map_to_chip_grids():
     assert topology.parse("v5p-256").hosts == 32
 
 
-def test_missing_libtpu_exits_2_with_the_install_hint(tmp_path):
-    result = _aot("--topology", "v5p-8", f"--gin_file={STAGE1}", f"--gin_file={TINY}",
-                  env={"QWENCODER_LIBTPU_DIR": str(tmp_path)})
-    assert result.returncode == 2
-    assert "libtpu is not installed" in result.stderr and "pip install" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_missing_libtpu_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys):
+    from qwencoder_jax.aot.__main__ import main
+
+    monkeypatch.setenv("QWENCODER_LIBTPU_DIR", str(tmp_path))
+    assert main(["--topology", "v5p-8", f"--gin_file={STAGE1}", f"--gin_file={TINY}"]) == 2
+    error = capsys.readouterr().err
+    assert "libtpu is not installed" in error and "pip install" in error and "Traceback" not in error
 
 
 @pytest.mark.slow
@@ -170,19 +207,3 @@ def test_compiled_flops_match_the_model_flops_formula_on_the_dot_product_path():
         ratios[remat] = report.compiled_flops / (report.model_flops + masked_half * tokens_per_device)
     assert 1.0 <= ratios["none"] <= 1.05, ratios
     assert 4 / 3 * 0.97 <= ratios["full"] <= 4 / 3 * 1.05, ratios
-
-
-def test_hlo_collectives_and_mosaic_kernels_are_counted_from_the_result_shapes():
-    from qwencoder_jax.aot.compile import _hlo_figures
-
-    hlo = "\n".join([
-        "  %ag = (bf16[4,128]{1,0}, bf16[16,128]{1,0}) all-gather-start(bf16[4,128]{1,0} %p), dimensions={0}",
-        "  %cp = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(f32[8]{0} %x)",
-        "  %ar = f32[1024]{0} all-reduce(f32[1024]{0} %y), to_apply=%add",
-        '  %k = f32[2]{0} custom-call(f32[2]{0} %z), custom_call_target="tpu_custom_call"'])
-    mosaic, collectives = _hlo_figures(hlo)
-    assert mosaic == 1
-    assert collectives["all-gather"] == {"count": 1, "bytes": 16 * 128 * 2}
-    assert collectives["collective-permute"] == {"count": 1, "bytes": 8 * 4}
-    assert collectives["all-reduce"] == {"count": 1, "bytes": 1024 * 4}
-    assert collectives["reduce-scatter"]["count"] == 0
