@@ -1,4 +1,5 @@
-"""The optimizer of a run: AdamW, its learning-rate schedule, clipping and the weight-decay mask, from one config.
+"""The optimizer of a run: AdamW or Adafactor, its learning-rate schedule, clipping, the weight-decay mask and
+frozen parameters, from one config.
 
     config = OptimizerConfig(peak_learning_rate=3e-4, schedule="cosine", warmup_steps=100, total_steps=10_000)
     optimizer = make_optimizer(config)          # an optax.GradientTransformation for train/step.py
@@ -6,6 +7,11 @@
 
 Mixed precision is the model's business (ModelConfig.compute_dtype = "bfloat16" computes in bf16 while
 param_dtype = "float32" keeps the master weights and so the Adam moments in f32); nothing here casts.
+
+Lighter state for continuing a large model on a small host: `name="adafactor"` keeps factored second moments (a
+row and a column vector per matrix whose two largest dimensions reach 128) and no first moment, instead of AdamW's
+two parameter-sized moments; `frozen=("embed", "lm_head")` trains everything but the named top-level parameters
+(they get no optimizer state, and the train step stops their gradients, so none is computed).
 
 Gradient accumulation is a scan over microbatches inside the train step (step.py, `accumulation_steps`), not
 optax.MultiSteps: one call of the step is then one optimizer update, the loss is normalised by the tokens of the
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "wsd", "constant")
+OPTIMIZERS = ("adamw", "adafactor")
 # Parameters whose path holds one of these names are not decayed: norm scales and biases (and nothing else;
 # embeddings and kernels are decayed, as in Qwen/Llama-style recipes).
 NO_DECAY_NAMES = ("bias", "scale", "norm")
@@ -42,8 +49,15 @@ class OptimizerConfig:
     clip_norm: float | None = 1.0  # global-norm clipping of the gradient; None: no clipping
     z_loss: float = 0.0  # weight of the log-normaliser penalty (PaLM's z-loss); applied by the train step
     accumulation_steps: int = 1  # microbatches per update (scan in the step); divides the batch size
+    name: str = "adamw"  # adamw, or adafactor (factored second moments, no first moment: b1 is not used)
+    frozen: tuple[str, ...] = ()  # top-level parameter names left untouched, e.g. ("embed", "lm_head")
 
     def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {OPTIMIZERS}")
+        if isinstance(self.frozen, str):
+            object.__setattr__(self, "frozen", (self.frozen,))
+        object.__setattr__(self, "frozen", tuple(self.frozen))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.total_steps < 1 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
@@ -84,6 +98,14 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def frozen_mask(params: Any, frozen: tuple[str, ...]) -> Any:
+    """True for the parameters under one of the `frozen` top-level names; an unknown name is an error."""
+    unknown = sorted(set(frozen) - set(params))
+    if unknown:
+        raise ValueError(f"frozen names {unknown} are not top-level parameters; choose among {sorted(params)}")
+    return {name: jax.tree.map(lambda _: name in frozen, value) for name, value in params.items()}
+
+
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm's result, written as one multiply by a scalar factor.
 
@@ -101,8 +123,18 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """clip_by_global_norm -> AdamW(schedule, masked decay). The gradient norm the step reports is pre-clipping."""
+    """clip_by_global_norm -> AdamW or Adafactor (schedule, masked decay), frozen parameters set apart. The
+    gradient norm the step reports is pre-clipping."""
     transforms = [clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
-    transforms.append(optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
-                                  weight_decay=config.weight_decay, mask=decay_mask))
-    return optax.chain(*transforms)
+    if config.name == "adamw":
+        transforms.append(optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+                                      weight_decay=config.weight_decay, mask=decay_mask))
+    else:  # Adafactor's scaling and update clipping, then decoupled decay and the learning rate as in AdamW
+        transforms += [optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0),
+                       optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                       optax.scale_by_learning_rate(make_schedule(config))]
+    optimizer = optax.chain(*transforms)
+    if not config.frozen:
+        return optimizer
+    labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, config.frozen))
+    return optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)

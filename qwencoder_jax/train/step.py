@@ -71,7 +71,8 @@ def loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array]):
 
 
 def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array], accumulation_steps: int,
-                               z_loss: float = 0.0, loss_config: LossConfig = LossConfig(), num_sources: int = 0):
+                               z_loss: float = 0.0, loss_config: LossConfig = LossConfig(), num_sources: int = 0,
+                               frozen: tuple[str, ...] = ()):
     """loss_and_grads over `accumulation_steps` microbatches (a scan over the leading rows), normalised by the
     loss weight of the whole batch, so the result equals one pass over the batch up to summation order."""
     rows = batch["input_ids"].shape[0]
@@ -81,6 +82,7 @@ def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, j
     micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, rows // accumulation_steps, *x.shape[1:]), batch)
 
     def sums(p, microbatch):
+        p = stop_frozen(p, frozen) if frozen else p
         _, stats = loss_fn(model, p, microbatch, z_loss, loss_config, num_sources, differentiate="objective_sum")
         return stats["objective_sum"], stats
 
@@ -97,20 +99,29 @@ def accumulated_loss_and_grads(model: nn.Module, params: Any, batch: dict[str, j
     return (loss, stats), jax.tree.map(lambda g: g / denominator, grads_sum)
 
 
+def stop_frozen(params: Any, frozen: tuple[str, ...]) -> Any:
+    """`params` with the gradient stopped under the `frozen` top-level names: their gradient is a symbolic zero,
+    so the step computes none (the frozen embedding of a large vocabulary costs no gradient memory)."""
+    return {name: jax.lax.stop_gradient(value) if name in frozen else value for name, value in params.items()}
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, accumulation_steps: int = 1,
-                    z_loss: float = 0.0, loss_config: LossConfig = LossConfig(), num_sources: int = 0) -> Callable:
+                    z_loss: float = 0.0, loss_config: LossConfig = LossConfig(), num_sources: int = 0,
+                    frozen: tuple[str, ...] = ()) -> Callable:
     """The pure step function (unjitted, so callers can wrap it). accumulation_steps > 1 scans over microbatches
     (one optimizer update per call); z_loss adds the log-normaliser penalty to the loss being minimised;
     loss_config picks the plain or the vocabulary-chunked head + loss (same result); num_sources > 0 adds
-    `loss_sum_by_source` and `tokens_by_source` ([num_sources + 1], index 0 = no source) to the metrics."""
+    `loss_sum_by_source` and `tokens_by_source` ([num_sources + 1], index 0 = no source) to the metrics;
+    `frozen` top-level parameters get no gradient (pair it with OptimizerConfig.frozen)."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         if accumulation_steps > 1:
             (loss, stats), grads = accumulated_loss_and_grads(model, state.params, batch, accumulation_steps, z_loss,
-                                                              loss_config, num_sources)
+                                                              loss_config, num_sources, frozen)
         else:
             (loss, stats), grads = jax.value_and_grad(
-                lambda p: loss_fn(model, p, batch, z_loss, loss_config, num_sources), has_aux=True)(state.params)
+                lambda p: loss_fn(model, stop_frozen(p, frozen) if frozen else p, batch, z_loss, loss_config,
+                                  num_sources), has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": stats["weight_sum"]}
@@ -126,6 +137,27 @@ def _example_inputs(sequence_length: int = 8):
     return (jnp.zeros((1, sequence_length), jnp.int32),)
 
 
+def _opt_state_shardings(opt_state, params, param_shardings, replicated):
+    """Each optimizer-state leaf laid out like the parameter it tracks: the one whose path ends its own path (the
+    trailing dictionary keys) with the same shape, e.g. Adam's moments, also inside multi_transform's partitions.
+    Anything else (step counts, Adafactor's factored row and column vectors) is replicated."""
+    by_path = {}
+    for (path, leaf), leaf_sharding in zip(jax.tree_util.tree_leaves_with_path(params),
+                                           jax.tree.leaves(param_shardings)):
+        by_path[tuple(key.key for key in path)] = (leaf.shape, leaf_sharding)
+
+    def layout(path, leaf):
+        keys = []
+        for key in reversed(path):
+            if not isinstance(key, jax.tree_util.DictKey):
+                break
+            keys.insert(0, key.key)
+        shape, leaf_sharding = by_path.get(tuple(keys), (None, replicated))
+        return leaf_sharding if shape == leaf.shape else replicated
+
+    return jax.tree_util.tree_map_with_path(layout, opt_state)
+
+
 def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, mesh,
                     rules=sharding.LOGICAL_AXIS_RULES) -> tuple[TrainState, TrainState]:
     """(abstract TrainState, its NamedShardings): parameters from the model's logical axes, optimizer moments
@@ -136,10 +168,7 @@ def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, m
     abstract_params = nn.meta.unbox(boxed)
     abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
     replicated = sharding.replicated(mesh)
-    # tree_map_params visits the parameter-shaped leaves of the optimizer state with the matching parameter's
-    # sharding, and everything else (step counts) with `transform_non_params`.
-    opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt_state, param_shardings,
-                                          transform_non_params=lambda _: replicated)
+    opt_shardings = _opt_state_shardings(abstract_opt_state, abstract_params, param_shardings, replicated)
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                           opt_state=abstract_opt_state)
     shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
@@ -168,7 +197,8 @@ def batch_shardings(mesh, batch: dict[str, Any], rules=sharding.LOGICAL_AXIS_RUL
 def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh, shardings: TrainState,
                    batch_keys: tuple[str, ...] = ("input_ids", "targets"), rules=sharding.LOGICAL_AXIS_RULES,
                    donate: bool = True, accumulation_steps: int = 1, z_loss: float = 0.0,
-                   loss_config: LossConfig = LossConfig(), num_sources: int = 0) -> Callable:
+                   loss_config: LossConfig = LossConfig(), num_sources: int = 0,
+                   frozen: tuple[str, ...] = ()) -> Callable:
     """The step jitted with explicit in/out shardings; calls run under the mesh and the rules so the model's
     activation constraints and the splash backend's shard_map see them."""
     unknown = sorted(set(batch_keys) - set(BATCH_KEYS))
@@ -176,7 +206,7 @@ def jit_train_step(model: nn.Module, optimizer: optax.GradientTransformation, me
         raise ValueError(f"unknown batch keys {unknown}; a batch holds some of {BATCH_KEYS}")
     batch_sharding = {key: sharding.data_sharding(mesh, 2, rules) for key in batch_keys}
     replicated = sharding.replicated(mesh)
-    train_step = make_train_step(model, optimizer, accumulation_steps, z_loss, loss_config, num_sources)
+    train_step = make_train_step(model, optimizer, accumulation_steps, z_loss, loss_config, num_sources, frozen)
     # Every metric is replicated (a sharding prefix covers the whole metrics dict).
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                      donate_argnums=(0,) if donate else ())

@@ -184,7 +184,7 @@ class Trainer:
         self.step_fn = step_lib.jit_train_step(
             self.model, self.optimizer, self.mesh, self.shardings, batch_keys=step_lib.BATCH_KEYS,
             accumulation_steps=config.optimizer.accumulation_steps, z_loss=config.optimizer.z_loss,
-            loss_config=config.loss, num_sources=len(self.source_names))
+            loss_config=config.loss, num_sources=len(self.source_names), frozen=config.optimizer.frozen)
         self.batch_sharding = sharding.data_sharding(self.mesh, 2)
         options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                                enable_async_checkpointing=config.async_checkpoints, create=True)
@@ -262,13 +262,15 @@ class Trainer:
         return None
 
     def _fresh_state(self):
-        state, _ = step_lib.init_train_state(self.model, self.optimizer, self.mesh, jax.random.key(self.config.seed))
-        if self.config.init_from:
-            params = checkpoints.load_params_sharded(
-                self.config.init_from, self._target(self.abstract_state.params, self.shardings.params))
-            state = state.replace(params=params)
-            self._say(f"initialised weights from {self.config.init_from} (optimizer and data start fresh)")
-        return state
+        if not self.config.init_from:
+            return step_lib.init_train_state(self.model, self.optimizer, self.mesh, jax.random.key(self.config.seed))[0]
+        # loaded weights only: no random parameters are made first (for a 0.5B model that was a second copy)
+        params = checkpoints.load_params_sharded(
+            self.config.init_from, self._target(self.abstract_state.params, self.shardings.params))
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings.opt_state)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), self.shardings.step)
+        self._say(f"initialised weights from {self.config.init_from} (optimizer and data start fresh)")
+        return step_lib.TrainState(step=step, params=params, opt_state=opt_state)
 
     def _save(self, step: int, state, iterator) -> None:
         self.manager.save(step, args=ocp.args.Composite(
