@@ -55,7 +55,7 @@ def table(report) -> str:
             ("fits", f"{'yes' if report.fits else 'NO'} (headroom {(report.hbm_bytes - report.per_device_bytes) / GIB:.3f} GiB)"),
             ("Mosaic kernels", str(report.mosaic_kernels))]
     for kind, figures in report.collectives.items():
-        rows.append((f"{kind}", f"{figures['count']:5d} ops, {figures['bytes'] / 2**20:10.2f} MiB per device"))
+        rows.append((kind, f"{figures['count']:5d} per step, {figures['bytes'] / 2**20:10.2f} MiB per device"))
     flops = "n/a" if report.compiled_flops is None else f"{report.compiled_flops:.4g}"
     rows += [("compile seconds", f"{report.compile_seconds:.1f}"),
              ("compiled FLOPs per device", f"{flops} (XLA cost analysis: loop bodies and Mosaic kernels "
@@ -121,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if not report.fits:
         print(advice(report), file=sys.stderr)
+    if args.hlo and report.out_of_memory:
+        print(f"no HLO written to {args.hlo}: the compiler stopped before producing a program", file=sys.stderr)
     print(f"fits={'yes' if report.fits else 'no'} per_device_gib={report.per_device_bytes / GIB:.3f} "
           f"hbm_gib={report.hbm_bytes / GIB:.3f} mosaic_kernels={report.mosaic_kernels} "
           f"compile_seconds={report.compile_seconds:.1f}")
