@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, topology_lib.LibtpuMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # after the cheap checks above: jax, libtpu and the trainer load only for a real compile
     from qwencoder_jax.aot import compile as compile_lib
     from qwencoder_jax.train.cli import parse_with_gin_flags
 
