@@ -91,6 +91,7 @@ def ours_seconds(checkpoint: Path, prompt_ids: list[int], batch: int, new_tokens
 
 
 def transformers_seconds(reference, input_ids, new_tokens: int, repeats: int) -> float:
+    # torch: the reference side only
     import torch
 
     def call():
@@ -118,6 +119,7 @@ def main(argv=None) -> list[dict]:
     if unknown:
         parser.error(f"--layouts: unknown {sorted(unknown)}; choose from {', '.join(LABELS)}")
 
+    # after parsing: --help answers without loading torch
     import torch
     import transformers
 
@@ -136,6 +138,7 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         if checkpoint is None:
+            # converting only when no --checkpoint is given
             from qwencoder_jax.convert.gguf import gguf_to_orbax
 
             checkpoint = gguf_to_orbax(gguf_path, Path(scratch) / args.model)

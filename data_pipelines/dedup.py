@@ -195,7 +195,7 @@ def _jax_kernel():
     """jit(tiles (rows, docs, width) uint32, used rows, a, b) -> (docs, permutations) uint32 minima of
     a * x + b (mod 2^32) over the first `used rows` rows; None without JAX. XLA fuses multiply, add and min into
     one loop that never writes a (shingles x permutations) array: about 0.07 ns per shingle x permutation."""
-    try:
+    try:  # jax is optional here: without it the numpy kernel runs
         import jax
         import jax.numpy as jnp
     except ImportError:  # pragma: no cover - jax is a dependency of this repository

@@ -35,6 +35,7 @@ class LanguageIdConfig:
 
 class LanguageIdentifier:
     def __init__(self, config: LanguageIdConfig = LanguageIdConfig()):
+        # fastText's native module loads only when a model is used
         import fasttext
 
         self.config = config

@@ -85,6 +85,7 @@ class UnitProcessor:
         self.decontaminator = Decontaminator(config.decontamination) if config.run_decontamination else None
         self.language_identifier = None
         if config.language_id_for_text:
+            # fastText only when text language id is on
             from data_pipelines.langid import LanguageIdentifier
             self.language_identifier = LanguageIdentifier(config.language_id)
 

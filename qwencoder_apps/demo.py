@@ -127,6 +127,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--showcase", action="store_true", help="run the real-weights model showcase instead")
     args, rest = parser.parse_known_args(argv)
     if args.showcase:
+        # after parsing: --help answers without loading jax
         from qwencoder_apps import showcase
 
         return showcase.main(rest)
@@ -135,6 +136,7 @@ def main(argv=None) -> dict:
     if args.run is None:
         args.run = default_run_dir(args.size)
 
+    # after parsing: --help answers without loading jax
     from qwencoder_apps.recipe import config as recipe_config
     from qwencoder_apps.recipe import data, evaluate, mixtures, report, stages
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+import qwencoder_jax
 from qwencoder_jax import assets, cli_flags
+from qwencoder_jax.convert.gguf import gguf_to_orbax
 from qwencoder_jax.eval.reference_decode import greedy_by_full_forward
 from qwencoder_jax.model import PRESETS
 
@@ -63,7 +65,6 @@ def main(argv=None) -> dict:
     presets_table()
 
     print("\n== 2/4 real weights: SmolLM2-135M GGUF -> orbax checkpoint ==")
-    from qwencoder_jax.convert.gguf import gguf_to_orbax
 
     gguf_path = assets.smollm2_gguf()
     checkpoint_dir = workdir / "smollm2-135m"
@@ -73,8 +74,6 @@ def main(argv=None) -> dict:
     gguf_to_orbax(gguf_path, checkpoint_dir)
     report["convert_seconds"] = time.perf_counter() - t0
     print(f"converted {gguf_path.name} in {report['convert_seconds']:.1f} s -> {checkpoint_dir}")
-
-    import qwencoder_jax
 
     model, params = qwencoder_jax.load(checkpoint_dir)
     cfg = model.config

@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
+    # after parsing: --help and flag errors answer without loading jax
     from qwencoder_jax.eval.generate import Generator, SamplingConfig
 
     try:

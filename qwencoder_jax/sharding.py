@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
@@ -106,10 +107,8 @@ def make_mesh(config: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     ici_shape, dcn_shape = config.resolve(len(devices))
     if config.num_slices > 1:
-        from jax.experimental import mesh_utils
         device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices=devices)
     elif len(devices) > 1 and devices[0].platform == "tpu":
-        from jax.experimental import mesh_utils
         device_array = mesh_utils.create_device_mesh(ici_shape, devices=devices)  # follows the physical torus
     else:
         device_array = np.asarray(devices).reshape(ici_shape)

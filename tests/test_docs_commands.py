@@ -6,11 +6,11 @@ markdown at test time, so the docs cannot drift from the code."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shlex
-import gzip
-import json
 import subprocess
 import sys
 from functools import lru_cache
@@ -137,7 +137,7 @@ def not_run_reason(words: list[str]) -> str | None:
     return next((reason for start, reason in NOT_RUN.items() if line_of(words).startswith(start)), None)
 
 
-def test_every_command_not_run_is_documented_here():
+def test_every_not_run_entry_names_a_documented_command():
     lines = [line_of(words) for _, words in COMMANDS]
     assert [start for start in NOT_RUN if not any(line.startswith(start) for line in lines)] == []
 

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
 
     if args.command in ("langid-train", "langid-eval"):
+        # fastText only for these commands
         from data_pipelines.sft import code_langid
 
         config = code_langid.LangIdConfig(files_per_language=args.files_per_language)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {language:20s} {value:6.3f}  ({count} held-out snippets)")
         return 0
     if args.command == "synthesize":
+        # jax or an HTTP client: only for synthesis
         from data_pipelines.languages import language_for_path
         from data_pipelines.sft import models, synthesis
 
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         records = synthesis.synthesize(snippets, instruction_model, response_model, tally)
         chatml.write_jsonl(args.output, records)
     elif args.command == "judge":
+        # jax or an HTTP client: only for judging
         from data_pipelines.sft import judge, models
 
         config = judge.JudgeConfig.from_json(args.checklist) if args.checklist else judge.JudgeConfig()
@@ -121,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         chatml.write_jsonl(args.output, kept)
         chatml.write_jsonl(args.output + ".below_threshold.jsonl", below)
     elif args.command == "validate":
+        # the sandbox only for validation
         from data_pipelines.sft import execution
 
         records = _records(args.input, tally)
         chatml.write_jsonl(args.output, execution.validate(records, tally, workers=args.workers))
     elif args.command == "ast-fim":
+        # tree-sitter only for AST-FIM
         from data_pipelines.sft import ast_fim
 
         samples = list(ast_fim.samples_from_files(_expand(args.files), tally))
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 for sample in samples:
                     writer.add_conversation(ast_fim.to_chatml(sample))
             else:
+                # the Qwen vocabulary loads seqio and TensorFlow: only for shards
                 from qwencoder_jax.data.vocabulary import QwenVocabulary
 
                 vocabulary = QwenVocabulary()
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest, tally = chatml.jsonl_to_shards(args.input, args.output, args.name or os.path.basename(
             os.path.normpath(args.output)), args.shards, args.fim_samples, args.fim_share)
     elif args.command == "decontaminate":
+        # only for decontamination
         from data_pipelines.decontaminate import DecontaminationConfig
         from data_pipelines.sft import decontam
 

@@ -91,6 +91,7 @@ class AstFimSample:
 
 @functools.lru_cache(maxsize=None)
 def parser_for(language: str):
+    # tree-sitter's native parsers load only when parsing (chatml imports this module)
     import tree_sitter
 
     if language not in _GRAMMARS:
@@ -102,6 +103,7 @@ def parser_for(language: str):
 
 @functools.lru_cache(maxsize=None)
 def _query(language: str):
+    # tree-sitter's native parsers load only when parsing (chatml imports this module)
     import tree_sitter
 
     types = [node_type for level in NODE_TYPES[language].values() for node_type in level]
@@ -112,6 +114,7 @@ def candidates(root, language: str, config: AstFimConfig) -> dict[str, list]:
     """level -> eligible nodes (sized within the config's bounds, error-free), in document order.
 
     A tree-sitter query finds them in C rather than visiting every node from Python."""
+    # tree-sitter's native parsers load only when parsing (chatml imports this module)
     import tree_sitter
 
     level_of = {node_type: level for level, types in NODE_TYPES[language].items() for node_type in types}

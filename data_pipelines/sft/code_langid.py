@@ -219,6 +219,7 @@ class CodeLanguageIdentifier:
 
     @classmethod
     def load(cls, path: str, config: LangIdConfig = LangIdConfig()):
+        # fastText's native module loads only when a model is used
         import fasttext
 
         if not os.path.exists(path):

@@ -120,6 +120,7 @@ class LocalCheckpointModel:
     rendered as ChatML with an open assistant turn and generation stops at <|im_end|>."""
 
     def __init__(self, checkpoint: str, max_new_tokens: int = 512, temperature: float = 0.0, seed: int = 0):
+        # jax only for checkpoint: models
         from qwencoder_jax.eval import generate
 
         self._generate = generate

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 from typing import Callable, Iterable, Sequence
 
+from tqdm import tqdm
+
 from data_pipelines.sft.tally import Problem, Tally
 from data_pipelines.sft.models import ModelError
 
@@ -45,7 +47,6 @@ def synthesize(snippets: Iterable[Snippet], instruction_model: Callable, respons
                tally: Tally, config: SynthesisConfig = SynthesisConfig()) -> list[dict]:
     response_model = response_model or instruction_model
     records = []
-    from tqdm import tqdm
 
     # One model call per snippet (seconds each): a bar on a terminal (disable=None), nothing in a log file.
     for number, snippet in enumerate(tqdm(snippets, desc="synthesize", unit="snippet", disable=None), 1):

@@ -40,6 +40,7 @@ class RunRecord:
 
 def check(sweep: Sweep, workdir: str | Path) -> dict[str, str]:
     """Parses and binds every variant (no data read, no array built); returns {variant: operative config}."""
+    # the trainer's gin command line loads jax: only when variants are checked
     import gin
 
     from qwencoder_jax.train import cli, gin_check
@@ -105,6 +106,7 @@ def run_variant(sweep: Sweep, variant: Variant, workdir: Path, launcher: str, pr
         with open(log_path, "w") as log:
             returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     elif launcher == "inprocess":
+        # in-process runs only: jax and the trainer load when an ablation starts
         from qwencoder_jax.train import cli
 
         output = io.StringIO()

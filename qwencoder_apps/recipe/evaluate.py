@@ -62,6 +62,7 @@ def run_task(task: str, checkpoint: Path, output_dir: Path, data_dirs: dict[str,
     missing = _missing_modules(task)
     if missing:
         return {"task": task, "status": "skipped", "reason": f"not available yet: {', '.join(missing)}"}
+    # jax and the Generator load only when the evaluation phase runs
     from qwencoder_jax.eval import __main__ as eval_cli
 
     output = output_dir / task

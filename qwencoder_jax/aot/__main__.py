@@ -85,6 +85,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _compile(parser, argv, topology):
+    # after the cheap checks in main: jax, libtpu and the trainer load only for a real compile
     from qwencoder_jax.aot import compile as compile_lib
     from qwencoder_jax.train.cli import parse_with_gin_flags
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
@@ -23,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from qwencoder_jax import sharding
 from qwencoder_jax.aot import hlo
 from qwencoder_jax.aot.topology import Topology, compile_devices
+from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.attention import CACHE_AXES
 from qwencoder_jax.model.kv_cache import cache_shapes
 from qwencoder_jax.model.transformer import Transformer
@@ -85,8 +87,6 @@ def build_config(gin_files: Sequence[str], bindings: Sequence[str]):
 
 def _num_sources() -> int:
     """How many mixture sources the step reports metrics for (the stage's data_sources, unevaluated)."""
-    import gin
-
     try:
         return len(gin.query_parameter("train.data_sources"))
     except ValueError:
@@ -139,8 +139,6 @@ def _inference_lowering(config, model, mesh, mode: str, batch_rows: int, prompt_
     cache_shardings = _cache_shardings(cache, mesh)
     cache = _abstract(cache, cache_shardings)
     rows = sharding.data_sharding(mesh, 2)
-    from qwencoder_jax.model import kv_cache
-
     if mode == "prefill":
         tokens = prompt_length
 

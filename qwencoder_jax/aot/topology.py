@@ -117,6 +117,7 @@ def log_dir() -> Path:
 def compile_devices(topology: Topology, num_slices: int = 1) -> list:
     """The slice's TPU devices (num_slices slices of it), good for compiling only."""
     path = libtpu_path()
+    # jax only here: topology names and libtpu are checked before any heavy import
     from jax.experimental import topologies
 
     # a one-chip slice is not divisible into libtpu's default 2x2x1 chips per host

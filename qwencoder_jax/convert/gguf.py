@@ -22,6 +22,7 @@ from typing import Any
 import gguf
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from qwencoder_jax import checkpoints
 from qwencoder_jax.convert.common import ConversionError, check_output_dir, params_from_hf
@@ -186,8 +187,6 @@ def read_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelCon
     file = GGUFFile(path)
     config = model_config_from_gguf(file)
 
-    from tqdm import tqdm
-
     # Dequantising is the slow part (tens of seconds for a 0.5B file): a bar on a terminal, nothing in a log file.
     progress = tqdm(total=len(expected_hf_names(config)), desc=f"dequantise {Path(path).name}", unit="tensor",
                     disable=None)
@@ -249,6 +248,7 @@ def write_tokenizer(path: str | os.PathLike, output_file: str | os.PathLike) -> 
     """
     if GGUFFile(path).reader.get_field("tokenizer.ggml.tokens") is None:
         return False
+    # transformers (and torch) only to read a GGUF's tokenizer
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
 
     architecture, tokenizer_dict, _ = get_gguf_tokenizer(str(path))

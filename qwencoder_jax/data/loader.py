@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import grain
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import flags
 
 from qwencoder_jax.data import fim, packing, samples, shards, tasks
 
@@ -175,8 +177,6 @@ def make_dataset(name: str, config: LoaderConfig, split: str | None = None,
 
 
 def _mark_absl_flags_parsed() -> None:
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -231,8 +231,6 @@ def restore_args(iterator: grain.DatasetIterator):
 
 def save_state(directory: str | os.PathLike, step: int, iterator: grain.DatasetIterator, extra=None) -> None:
     """Saves the iterator (and `extra`, a pytree such as model params) as step `step` of an orbax manager."""
-    import orbax.checkpoint as ocp
-
     items = {"data": checkpoint_args(iterator)}
     if extra is not None:
         items["state"] = ocp.args.StandardSave(extra)
@@ -243,8 +241,6 @@ def save_state(directory: str | os.PathLike, step: int, iterator: grain.DatasetI
 
 def restore_state(directory: str | os.PathLike, iterator: grain.DatasetIterator, step: int | None = None):
     """Restores the iterator in place from the latest (or given) step; returns the step restored."""
-    import orbax.checkpoint as ocp
-
     with ocp.CheckpointManager(os.fspath(directory)) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:

@@ -9,6 +9,7 @@ global order, so the metrics equal a one-process run's.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -24,8 +25,6 @@ PARTS = "parts"
 
 
 def _task_module(name: str):
-    import importlib
-
     return importlib.import_module(f"qwencoder_jax.eval.{name}")
 
 
@@ -106,6 +105,7 @@ def _part_path(output: str, task: str, index: int) -> str:
 
 def run_share(args: argparse.Namespace, options: EvalOptions, index: int, count: int) -> None:
     """Runs this process's share of every task and writes its records to OUTPUT/parts/."""
+    # jax and the model load only in processes that generate, not in the merging parent
     from qwencoder_jax.eval.generate import Generator
 
     generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,

@@ -20,6 +20,7 @@ TEMPLATE_FILE = "chat_template.jinja"
 
 def load_template(checkpoint: str | os.PathLike) -> str | None:
     """The chat template stored with a checkpoint (written by the GGUF converter), or None."""
+    # checkpoints loads orbax and jax; rendering a template needs neither
     from qwencoder_jax import checkpoints
 
     for directory in (checkpoints.resolve_checkpoint_dir(checkpoint), Path(checkpoint).absolute()):
@@ -30,6 +31,7 @@ def load_template(checkpoint: str | os.PathLike) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str):
+    # jinja2 only for chat templates
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

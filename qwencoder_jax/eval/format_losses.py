@@ -33,6 +33,7 @@ import numpy as np
 
 from qwencoder_jax.data import fim, packing
 from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
+from qwencoder_jax.eval import humaneval
 from qwencoder_jax.train.loss import cross_entropy
 
 FORMATS = ("file_level", "fim_psm", "fim_swapped", "repo_level", "repo_no_header", "sft_chatml", "sft_misspelled",
@@ -113,8 +114,6 @@ def _chat(messages, vocabulary, assistant_tag: str | None = None, text_tags: boo
 
 def sft_conversations(count: int) -> list[list[dict]]:
     """HumanEval problems as conversations: the user asks for the function, the assistant gives the solution."""
-    from qwencoder_jax.eval import humaneval
-
     return [[{"role": "system", "content": "You are a helpful assistant."},
              {"role": "user", "content": f"Complete the following Python function:\n```python\n"
                                          f"{problem['prompt'].strip()}\n```"},

@@ -26,7 +26,7 @@ import dataclasses
 import re
 from typing import Any, Sequence
 
-from qwencoder_jax.eval import passk, sandbox
+from qwencoder_jax.eval import chat, passk, sandbox
 from qwencoder_jax.eval.options import EvalOptions, blocks, limited, this_process
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -60,8 +60,6 @@ def program(problem: dict, completion: str) -> str:
 
 def chat_prompt(problem: dict, template: str) -> str:
     """The instruct prompt: the user's request and the assistant's opening up to the opened code fence."""
-    from qwencoder_jax.eval import chat
-
     user = f"{INSTRUCTION}\n```\n{problem['prompt'].strip()}\n```\n"
     assistant = f"{RESPONSE}\n{OPENED_FENCE}{_SPLIT}\n```\n"
     text = chat.render(template, [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}])
@@ -125,6 +123,7 @@ def generate(generator, problems: Sequence[tuple[int, dict]], options: EvalOptio
     """`options.num_samples` texts per problem (completions, or replies in chat mode). Greedy: one call per global
     block of BATCH problems (a problem's batch is the same whatever the number of processes); sampling: one call
     per problem with a seed derived from its global index."""
+    # eval.generate loads jax: only processes that generate need it
     from qwencoder_jax.eval.generate import SamplingConfig
 
     prompts = prompts_of(generator, [problem for _, problem in problems], options)

@@ -70,6 +70,7 @@ def score(tasks: Sequence[dict], completions: Sequence[str], options: EvalOption
 
 
 def run(generator, options: EvalOptions, process_index: int = 0, process_count: int = 1) -> list[dict]:
+    # eval.generate loads jax: only processes that generate need it
     from qwencoder_jax.eval.generate import SamplingConfig
 
     mine = this_process(load_tasks(options.limit), process_index, process_count, BATCH)

@@ -122,6 +122,7 @@ def equivalent(prediction: str | None, reference: str) -> bool:
 
 
 def run(generator, options: EvalOptions, process_index: int = 0, process_count: int = 1) -> list[dict]:
+    # eval.generate loads jax: only processes that generate need it
     from qwencoder_jax.eval.generate import SamplingConfig
 
     sampling = SamplingConfig(max_new_tokens=options.math_max_new_tokens, temperature=options.temperature,

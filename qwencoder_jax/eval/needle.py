@@ -82,6 +82,7 @@ def cells(options: EvalOptions) -> list[tuple[int, float, int]]:
 
 
 def run(generator, options: EvalOptions, process_index: int = 0, process_count: int = 1) -> list[dict]:
+    # eval.generate loads jax: only processes that generate need it
     from qwencoder_jax.eval.generate import SamplingConfig
 
     files = stdlib_files()
@@ -109,10 +110,11 @@ def summarize(records: Sequence[dict]) -> dict[str, Any]:
 
 def plot(metrics: dict, path: str) -> str:
     """Heat map (depth rows x context-length columns) of accuracy, saved as PNG."""
+    # matplotlib only for the figure
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend
 
     lengths = sorted({cell["context_tokens"] for cell in metrics["cells"]})
     depths = sorted({cell["depth"] for cell in metrics["cells"]})

@@ -18,6 +18,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from qwencoder_jax.data import shards
 from qwencoder_jax.eval.options import EvalOptions, this_process
@@ -155,8 +156,6 @@ def run(generator, options: EvalOptions, process_index: int = 0, process_count: 
 
 def _progress(total: int, description: str, process_index: int):
     """A tqdm bar on a terminal (process 0 only); nothing in a log file."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=description, unit="window", disable=None if process_index == 0 else True)
 
 

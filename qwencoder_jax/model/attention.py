@@ -120,6 +120,7 @@ def _context_parallel_splash(config: ModelConfig, mesh, q_spec, kv_spec, q_bthe,
     The kernel's mask is the causal mask in that row order (`splash.ZigZagCausalMask`); keys stay in natural
     order, and the outputs travel back the same way. The activations elsewhere keep their natural layout.
     """
+    # imported lazily: Pallas is only needed by this backend
     from qwencoder_jax.kernels import splash
 
     b, t, h, _ = q_bthe.shape

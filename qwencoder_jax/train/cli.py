@@ -24,13 +24,14 @@ from typing import Any, Sequence
 
 import gin
 
-from qwencoder_jax import cli_flags, sharding
+from qwencoder_jax import cli_flags, distributed, sharding
+from qwencoder_jax.checkpoints import CheckpointError
 from qwencoder_jax.data.loader import LoaderConfig
 from qwencoder_jax.model.config import ModelConfig, get_preset
 from qwencoder_jax.train import gin_check
 from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig
-from qwencoder_jax.train.trainer import DataSource, TrainerConfig
+from qwencoder_jax.train.trainer import DataSource, ResumeError, Trainer, TrainerConfig
 
 GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
 
@@ -194,10 +195,6 @@ def main(argv: Sequence[str]) -> int:
     if args.dry_run:
         print(f"dry run: config written to {workdir / 'operative_config.gin'}")
         return 0
-    from qwencoder_jax import distributed
-    from qwencoder_jax.checkpoints import CheckpointError
-    from qwencoder_jax.train.trainer import ResumeError, Trainer
-
     distributed.initialize()  # multi-process runs (env from launch/local.py, or a TPU pod); else a no-op
 
     try:

@@ -13,6 +13,8 @@ at least jax_persistent_cache_min_compile_time_secs, 1 s by default).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 import uuid
@@ -41,11 +43,13 @@ class TensorBoardWriter:
     seconds and, on a CPU-only host, logs a CUDA probe failure)."""
 
     def __init__(self, directory: Path):
+        # tensorboard loads only where events are written (process 0 of a run)
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self._writer = EventFileWriter(str(directory))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        # tensorboard loads only where events are written (process 0 of a run)
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=float(value))
@@ -63,6 +67,7 @@ class WandbWriter:
 
     def __init__(self, workdir: Path, project: str, config: dict):
         try:
+            # wandb is optional: only runs with wandb_project need it
             import wandb
         except ImportError as error:
             raise RuntimeError("train.wandb_project is set but the wandb package is not installed "
@@ -97,9 +102,6 @@ def open_writers(workdir: Path, config, say: Callable[[str], None]) -> Writers:
     """TensorBoard under workdir/tensorboard, and a wandb run when config.wandb_project is set."""
     writers: list = [TensorBoardWriter(workdir / "tensorboard")]
     if config.wandb_project:
-        import dataclasses
-        import json
-
         # wandb's config holds JSON values: the trainer config, nested dataclasses as dicts.
         flat = json.loads(json.dumps(dataclasses.asdict(config), default=str))
         writers.append(WandbWriter(workdir, config.wandb_project, flat))

@@ -38,6 +38,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental.multihost_utils import sync_global_devices
+from tqdm import tqdm
 
 from qwencoder_jax import checkpoints, sharding
 from qwencoder_jax.data import fim, loader, tasks
@@ -55,8 +57,10 @@ from qwencoder_jax.model.transformer import Transformer
 from qwencoder_jax.train import collective_order, loggers
 from qwencoder_jax.train import peak as peak_lib
 from qwencoder_jax.train import step as step_lib
+from qwencoder_jax.train.evaluation import Evaluator
 from qwencoder_jax.train.loss import LossConfig
 from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from qwencoder_jax.train.watchdog import Watchdog
 
 log = logging.getLogger("qwencoder_jax.train")
 
@@ -296,8 +300,6 @@ class Trainer:
         self._build()
         evaluator = None
         if config.eval_every:
-            from qwencoder_jax.train.evaluation import Evaluator
-
             evaluator = Evaluator.build(self.model, config.mixture, config.loader, config.loss, config.eval_batches,
                                         self.batch_sharding, self._say)
         restored = self._restore_latest()
@@ -319,8 +321,6 @@ class Trainer:
         progress = _progress_bar(config, start)
         watchdog = None
         if jax.process_count() > 1 and config.stall_timeout_seconds:
-            from qwencoder_jax.train.watchdog import Watchdog
-
             watchdog = Watchdog(config.stall_timeout_seconds).start()
         losses: dict[int, float] = {}
         stop_reason, final_step = "completed", start
@@ -442,8 +442,6 @@ def _open_metrics(path: Path, start: int):
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -458,6 +456,4 @@ class _NoProgress:
 def _progress_bar(config: TrainerConfig, start: int):
     if not config.progress_bar or jax.process_index() != 0:
         return _NoProgress()
-    from tqdm import tqdm
-
     return tqdm(total=config.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Callable
 
+import jax
+
 
 def _exit(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -54,6 +56,4 @@ class Watchdog:
 
 
 def _process_index() -> int:
-    import jax
-
     return jax.process_index()
