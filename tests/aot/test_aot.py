@@ -83,7 +83,7 @@ def test_prefill_and_decode_compile(compile_tiny):
 
 
 def _aot(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "qwencoder_jax.aot", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qwencoder_apps.aot", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -102,7 +102,7 @@ def test_a_config_that_cannot_fit_exits_1_with_the_numbers(tmp_path):
 
 
 def test_unknown_topology_lists_the_known_ones(capsys):
-    from qwencoder_jax.aot.__main__ import main
+    from qwencoder_apps.aot import main
 
     assert main(["--topology", "v5p-7", f"--gin_file={STAGE1}"]) == 2
     error = capsys.readouterr().err
