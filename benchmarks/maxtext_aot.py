@@ -81,7 +81,7 @@ def run_ours(topology: str, sequence: int, remat: str) -> dict:
     chips_per_host = topology_lib.parse(topology).chips // hosts
     with tempfile.TemporaryDirectory() as out:
         report = Path(out) / "report.json"
-        command = [sys.executable, "-m", "qwencoder_jax.aot", "--topology", topology,
+        command = [sys.executable, "-m", "qwencoder_apps.aot", "--topology", topology,
                    f"--gin_file={ROOT / 'gin/stages/stage1_file_level.gin'}",
                    f"--gin_file={ROOT / 'gin/models/qwen2.5-coder-7b.gin'}",
                    f"--gin.SEQUENCE_LENGTH={sequence}", f"--gin.BATCH_SIZE={chips_per_host}",  # one row per chip

@@ -2,7 +2,7 @@
 
     python benchmarks/multiprocess_repeat.py [--runs 6] [--steps 6] [--data DIR]
 
-Each run is `python launch/local.py --num_processes 2 --devices_per_process 2 -- python -m qwencoder_jax.train
+Each run is `python launch/local.py --num_processes 2 --devices_per_process 2 -- python -m qwencoder_apps.train
 --gin_file=gin/stages/stage1_file_level.gin --gin_file=gin/cpu/tiny.gin --gin.MESH_SHAPE='(1,-1,1,1)' ...` in a
 fresh workdir, checkpointing every `--checkpoint_every` steps. The reference, measured first in the same run: the
 same training on one process with the same four devices. DIR holds code/, text/ and math/ in the data pipelines'
@@ -57,7 +57,7 @@ def parse_gin_macro(path: Path, name: str) -> str:
 
 
 def train_arguments(data: Path, workdir: Path, steps: int, checkpoint_every: int) -> list[str]:
-    return [sys.executable, "-m", "qwencoder_jax.train", "--gin_file=gin/stages/stage1_file_level.gin",
+    return [sys.executable, "-m", "qwencoder_apps.train", "--gin_file=gin/stages/stage1_file_level.gin",
             "--gin_file=gin/cpu/tiny.gin", "--gin.MESH_SHAPE=(1,-1,1,1)", f"--gin.TOTAL_STEPS={steps}",
             f"--gin.CHECKPOINT_EVERY={checkpoint_every}", f"--gin.CODE_DIR='{data / 'code'}'",
             f"--gin.TEXT_DIR='{data / 'text'}'", f"--gin.MATH_DIR='{data / 'math'}'", f"--workdir={workdir}"]

@@ -46,7 +46,7 @@ class GkeRun:
     num_slices: int = 1
     stage: str = "gin/stages/stage1_file_level.gin"
     gin_bindings: tuple[str, ...] = ()
-    entry: str = "qwencoder_jax.train"
+    entry: str = "qwencoder_apps.train"
     gin_files: tuple[str, ...] = ()  # more gin files after the stage (overlays), repository-relative
     workdir: str | None = None  # the trainer's --workdir in every pod
     cluster: str | None = None
@@ -144,14 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True,
                         help="the trainer's --workdir, the same in every pod: a shared location (gs://...), since "
                              "every host writes its shards of each checkpoint there")
-    parser.add_argument("--entry", default="qwencoder_jax.train")
+    parser.add_argument("--entry", default="qwencoder_apps.train")
     parser.add_argument("--topology", default=None, help="physical topology, e.g. 4x4x8 (default: from the type)")
     parser.add_argument("--xpk", action="store_true", help="launch with xpk instead of a JobSet manifest")
     parser.add_argument("--cluster", default=None)
     parser.add_argument("--manifest", default=None, help="where to write the manifest (default: a temp file)")
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("--no_check", action="store_true",
-                        help="skip the ahead-of-time compile check (python -m qwencoder_jax.aot) before provisioning")
+                        help="skip the ahead-of-time compile check (python -m qwencoder_apps.aot) before provisioning")
     args = parser.parse_args(argv)
     run = GkeRun(name=args.name, image=args.image, accelerator=args.accelerator, num_slices=args.num_slices,
                  stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry, gin_files=tuple(args.gin_file),

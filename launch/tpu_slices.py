@@ -54,11 +54,11 @@ def stage_command(entry: str, stage: str, gin_bindings: Sequence[str], gin_files
 
 def aot_check_command(accelerator: str, num_slices: int, stage: str, gin_bindings: Sequence[str],
                       gin_files: Sequence[str] = ()) -> list[str]:
-    """The ahead-of-time compile of the run's exact training step for the slice (`python -m qwencoder_jax.aot`),
+    """The ahead-of-time compile of the run's exact training step for the slice (`python -m qwencoder_apps.aot`),
     run on the launching machine before anything is provisioned: exit 0 fits, 1 does not fit, 2 bad arguments."""
     flags = [f"--gin_file={stage}"] + [f"--gin_file={path}" for path in gin_files]
     flags += [f"--gin.{binding}" for binding in gin_bindings]
-    return [sys.executable, "-m", "qwencoder_jax.aot", "--topology", accelerator, "--num_slices", str(num_slices),
+    return [sys.executable, "-m", "qwencoder_apps.aot", "--topology", accelerator, "--num_slices", str(num_slices),
             *flags]
 
 

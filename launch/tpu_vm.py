@@ -48,7 +48,7 @@ class TpuRun:
     num_slices: int = 1
     stage: str = "gin/stages/stage1_file_level.gin"
     gin_bindings: tuple[str, ...] = ()
-    entry: str = "qwencoder_jax.train"
+    entry: str = "qwencoder_apps.train"
     gin_files: tuple[str, ...] = ()  # more gin files after the stage (overlays), repository-relative
     workdir: str | None = None  # the trainer's --workdir on every worker
     runtime_version: str | None = None
@@ -157,13 +157,13 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     parser.add_argument("--workdir", required=True,
                         help="the trainer's --workdir, the same on every worker: a shared location (gs://...), "
                              "since every host writes its shards of each checkpoint there")
-    parser.add_argument("--entry", default="qwencoder_jax.train", help="python -m entry point run on each worker")
+    parser.add_argument("--entry", default="qwencoder_apps.train", help="python -m entry point run on each worker")
     parser.add_argument("--runtime_version", default=None)
     parser.add_argument("--spot", action="store_true")
     parser.add_argument("--keep", action="store_true", help="do not delete the TPUs at the end")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and run nothing")
     parser.add_argument("--no_check", action="store_true",
-                        help="skip the ahead-of-time compile check (python -m qwencoder_jax.aot) before provisioning")
+                        help="skip the ahead-of-time compile check (python -m qwencoder_apps.aot) before provisioning")
     args = parser.parse_args(argv)
     run = TpuRun(name=args.name, project=args.project, zone=args.zone, accelerator=args.accelerator,
                  num_slices=args.num_slices, stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry,

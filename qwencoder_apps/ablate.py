@@ -15,7 +15,7 @@
     --collect_only      build the table from WORKDIR's variants as they are
     --rerun             train variants again even if their record says completed
 
-Each variant trains through `python -m qwencoder_jax.train` in WORKDIR/<variant>/. Afterwards WORKDIR holds
+Each variant trains through `python -m qwencoder_apps.train` in WORKDIR/<variant>/. Afterwards WORKDIR holds
 ablation.md, ablation.csv, ablation.json (one row per variant: steps, final loss, per-source losses
 `loss/<source>` when the trainer logs them, tokens/s, tokens, wall time, eval results when a results.json is in
 the variant's workdir) and ablation.png (loss curves and final losses). See qwencoder_apps/ablation/.
@@ -56,7 +56,7 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     pod.add_argument("--pod_flags", default="", help="flags for launch/tpu_vm.py, e.g. '--project P --zone Z "
                                                      "--accelerator v5p-64 --gin MESH_SHAPE=(1,-1,1,1)'")
     pod.add_argument("--pod_workdir", default="runs/ablation", help="the variants' workdir root on the pod")
-    from qwencoder_jax.train import cli  # lazily: jax and the trainer load only when an ablation really starts
+    from qwencoder_apps import train as cli  # lazily: jax and the trainer load only when an ablation really starts
 
     return cli.parse_with_gin_flags(parser, argv)
 

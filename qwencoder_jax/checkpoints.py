@@ -128,7 +128,7 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     config_dir = directory / CONFIG_ITEM
     if not config_dir.is_dir():
         raise FileNotFoundError(f"checkpoint {directory} has no '{CONFIG_ITEM}' item; it was not written by "
-                                "qwencoder_jax (convert it with `python -m qwencoder_jax.convert`)")
+                                "qwencoder_jax (convert it with `python -m qwencoder_apps.convert`)")
     restored = _restore(directory, {CONFIG_ITEM: ocp.args.JsonRestore()})
     return ModelConfig.from_dict(restored[CONFIG_ITEM])
 

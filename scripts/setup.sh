@@ -19,7 +19,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
-# libtpu for ahead-of-time TPU compilation (python -m qwencoder_jax.aot; x86-64 Linux wheels only), in a folder of
+# libtpu for ahead-of-time TPU compilation (python -m qwencoder_apps.aot; x86-64 Linux wheels only), in a folder of
 # its own that only qwencoder_jax.aot puts on the path: CPU runs and tests never load or probe it (docs/tpu_aot.md).
 install_libtpu() {
   [[ "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]] || return 0

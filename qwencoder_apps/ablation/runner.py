@@ -43,7 +43,8 @@ def check(sweep: Sweep, workdir: str | Path) -> dict[str, str]:
     # the trainer's gin command line loads jax: only when variants are checked
     import gin
 
-    from qwencoder_jax.train import cli, gin_check
+    from qwencoder_apps import train as cli
+    from qwencoder_jax.train import gin_check
 
     configs = {}
     # gin logs "Path not found" at ERROR for every include it then finds on its search path: noise here.
@@ -72,7 +73,7 @@ def check(sweep: Sweep, workdir: str | Path) -> dict[str, str]:
 
 def train_command(sweep: Sweep, variant: Variant, workdir: Path, processes: int = 1,
                   devices_per_process: int = 1) -> list[str]:
-    command = [sys.executable, "-m", "qwencoder_jax.train", *sweep.train_arguments(variant, str(workdir))]
+    command = [sys.executable, "-m", "qwencoder_apps.train", *sweep.train_arguments(variant, str(workdir))]
     if processes > 1:
         command = [sys.executable, str(REPOSITORY / "launch" / "local.py"), "--num_processes", str(processes),
                    "--devices_per_process", str(devices_per_process), "--", *command]
@@ -107,7 +108,7 @@ def run_variant(sweep: Sweep, variant: Variant, workdir: Path, launcher: str, pr
             returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     elif launcher == "inprocess":
         # in-process runs only: jax and the trainer load when an ablation starts
-        from qwencoder_jax.train import cli
+        from qwencoder_apps import train as cli
 
         output = io.StringIO()
         try:

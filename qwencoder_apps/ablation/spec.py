@@ -69,7 +69,7 @@ class Sweep:
         return [*self.bindings, *variant.bindings, *self.extra_bindings]
 
     def train_arguments(self, variant: Variant, workdir: str) -> list[str]:
-        """The arguments of `python -m qwencoder_jax.train` for one variant (see the module docstring)."""
+        """The arguments of `python -m qwencoder_apps.train` for one variant (see the module docstring)."""
         return ([f"--gin_file={path}" for path in self.gin_files_of(variant)]
                 + [f"--gin_bindings={binding}" for binding in self.bindings_of(variant)]
                 + [f"--workdir={workdir}"])

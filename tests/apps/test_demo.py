@@ -72,7 +72,7 @@ def test_code_sources_respect_the_file_budget():
 
 
 def test_stage_arguments_compose_the_real_gin_stages(tmp_path):
-    from qwencoder_jax.train import cli
+    from qwencoder_apps import train as cli
 
     recipe = recipe_config.DEMO
     dirs = data.dataset_dirs(tmp_path)

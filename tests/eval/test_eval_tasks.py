@@ -242,7 +242,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _cli(checkpoint, output, data_dir, processes):
-    command = [sys.executable, "-m", "qwencoder_jax.eval", "--checkpoint", checkpoint, "--output", str(output),
+    command = [sys.executable, "-m", "qwencoder_apps.eval", "--checkpoint", checkpoint, "--output", str(output),
                "--tasks", "humaneval,infilling,needle,math,perplexity", "--limit", "2", "--max_new_tokens", "12",
                "--math_max_new_tokens", "12", "--needle_lengths", "64,128", "--needle_depths", "0,1",
                "--data_source", f"docs={data_dir}", "--perplexity_documents", "4", "--execute_infilling",

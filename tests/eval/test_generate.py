@@ -16,7 +16,7 @@ import pytest
 import tokenizers
 
 from qwencoder_jax import assets, checkpoints, sharding
-from qwencoder_jax import generate as cli
+from qwencoder_apps import generate as cli
 from qwencoder_jax.data.fim import PSM, FimPieces, fim_text
 from qwencoder_jax.eval.generate import Generator, SamplingConfig, Tokenizer, cut_at_stop
 from qwencoder_jax.eval.reference_decode import greedy_by_full_forward

@@ -26,7 +26,7 @@ def checkpoint():
 
 
 def test_chat_humaneval_end_to_end(checkpoint, tmp_path):
-    from qwencoder_jax.eval.__main__ import main
+    from qwencoder_apps.eval import main
 
     assert main(["--checkpoint", str(checkpoint), "--tasks", "humaneval", "--chat", "--limit", "8",
                  "--max_new_tokens", "384", "--output", str(tmp_path)]) == 0

@@ -24,7 +24,7 @@ def dry_run_lines(module, argv, capsys) -> list[str]:
     """The dry run's commands after the ahead-of-time check (its first line, checked in test_launch_aot_check)."""
     assert module.main(argv + ["--dry_run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "-m qwencoder_jax.aot --topology" in lines[0]
+    assert "-m qwencoder_apps.aot --topology" in lines[0]
     return lines[1:]
 
 
@@ -42,7 +42,7 @@ def test_tpu_vm_single_slice_v5p_256(capsys):
                            "--zone=us-east5-a", "--node=all"]
     assert "jax[tpu]==0.10.2" in install[-1]
     assert "--worker=all" in train
-    assert train[-1] == ("--command=cd ~/qwencoder-jax && python -m qwencoder_jax.train "
+    assert train[-1] == ("--command=cd ~/qwencoder-jax && python -m qwencoder_apps.train "
                          "--gin_file=gin/stages/stage1_file_level.gin '--gin.MESH_SHAPE=(1,-1,1,1)' "
                          "--workdir=gs://bucket/runs/stage1")
     assert delete == ["gcloud", "compute", "tpus", "queued-resources", "delete", "coder", "--project=proj",
@@ -96,7 +96,7 @@ def test_gke_two_slices_and_xpk(capsys):
     lines = dry_run_lines(gke, ["--name", "coder", "--image", "img", "--num_slices", "2", "--xpk", "--cluster", "c1",
                                 "--workdir", "gs://b/r"], capsys)
     assert lines[0] == ("xpk workload create --cluster=c1 --workload=coder --tpu-type=v5p-256 --num-slices=2 "
-                        "--docker-image=img '--command=python -m qwencoder_jax.train "
+                        "--docker-image=img '--command=python -m qwencoder_apps.train "
                         "--gin_file=gin/stages/stage1_file_level.gin --workdir=gs://b/r'")
 
 
@@ -111,12 +111,12 @@ POD_FLAGS = ["--gin_file", "gin/models/qwen2.5-coder-7b.gin", "--gin", "MESH_SHA
 def train_cli_accepts(worker_command: str, tmp_path, monkeypatch) -> "object":
     """Split the worker's shell command, check it names the train entry point, and run its flags through the train
     CLI's parser and gin (everything up to training itself): the bound TrainerConfig comes back."""
-    from qwencoder_jax.train import cli
+    from qwencoder_apps import train as cli
 
     words = shlex.split(worker_command)
     start = words.index("python")
-    assert words[start:start + 3] == ["python", "-m", "qwencoder_jax.train"]
-    import qwencoder_jax.train.__main__ as entry  # the module `python -m qwencoder_jax.train` runs
+    assert words[start:start + 3] == ["python", "-m", "qwencoder_apps.train"]
+    import qwencoder_apps.train as entry  # the module `python -m qwencoder_apps.train` runs
     assert entry.main is cli.main
     monkeypatch.chdir(ROOT)  # workers run from the checkout's root, where the gin paths are relative to
     args, bindings = cli.split_arguments(words[start + 3:])
@@ -161,8 +161,8 @@ def test_pod_launchers_refuse_to_run_without_a_workdir(capsys):
 
 def test_launchers_check_ahead_of_time_first_unless_told_not_to(capsys):
     """The check is the aot CLI on the launch's own slice, stage and bindings; --no_check drops it."""
-    from qwencoder_jax.aot.__main__ import _parser
-    from qwencoder_jax.train.cli import parse_with_gin_flags
+    from qwencoder_apps.aot import _parser
+    from qwencoder_apps.train import parse_with_gin_flags
 
     for module, argv in ((tpu_vm, COMMON + ["--num_slices", "2"]),
                          (gke, ["--name", "c", "--image", "i", "--workdir", "gs://b/r", "--num_slices", "2",
@@ -173,4 +173,4 @@ def test_launchers_check_ahead_of_time_first_unless_told_not_to(capsys):
         assert (args.topology, args.num_slices) == ("v5p-256", 2)
         assert args.gin_file == ["gin/stages/stage1_file_level.gin"] and bindings == ["MESH_SHAPE = (1,-1,1,1)"]
         assert module.main(argv + ["--dry_run", "--no_check"]) == 0
-        assert "qwencoder_jax.aot" not in capsys.readouterr().out
+        assert "qwencoder_apps.aot" not in capsys.readouterr().out

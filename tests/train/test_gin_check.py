@@ -9,7 +9,8 @@ from pathlib import Path
 import gin
 import pytest
 
-from qwencoder_jax.train import cli, gin_check
+from qwencoder_apps import train as cli
+from qwencoder_jax.train import gin_check
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE1 = ["--gin_file=gin/stages/stage1_file_level.gin", "--gin_file=gin/cpu/tiny.gin",
@@ -40,13 +41,13 @@ def test_a_misspelled_name_is_one_line_with_the_closest_names(tmp_path, binding,
 
 
 def test_the_command_line_prints_no_traceback(tmp_path):
-    result = run("qwencoder_jax.train", [*STAGE1, "--gin.TOTAL_STEPZ=12", f"--workdir={tmp_path}/w"])
+    result = run("qwencoder_apps.train", [*STAGE1, "--gin.TOTAL_STEPZ=12", f"--workdir={tmp_path}/w"])
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "error: unknown gin macro 'TOTAL_STEPZ'" in result.stderr and "TOTAL_STEPS" in result.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run("qwencoder_jax.train", [*STAGE1, "--gin.TOTAL_STEPZ=12", "--debug", f"--workdir={tmp_path}/w"])
+    result = run("qwencoder_apps.train", [*STAGE1, "--gin.TOTAL_STEPZ=12", "--debug", f"--workdir={tmp_path}/w"])
     assert result.returncode != 0 and "Traceback" in result.stderr and "GinConfigError" in result.stderr
 
 

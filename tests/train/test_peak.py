@@ -25,7 +25,7 @@ def test_mesh_peak_is_per_device_peak_times_devices():
 
 
 def test_gin_sets_the_per_device_peak(tmp_path):
-    from qwencoder_jax.train import cli
+    from qwencoder_apps import train as cli
 
     cli.parse([str(cli.GIN_DIR / "stages/stage1_file_level.gin"), str(cli.GIN_DIR / "cpu/tiny.gin")],
               ['CODE_DIR = "c"', 'TEXT_DIR = "t"', 'MATH_DIR = "m"', "PEAK_FLOPS_PER_DEVICE = 1.5e11"])

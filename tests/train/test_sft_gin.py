@@ -4,7 +4,7 @@ from pathlib import Path
 
 import gin
 
-from qwencoder_jax.train import cli
+from qwencoder_apps import train as cli
 
 GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
 

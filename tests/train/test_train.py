@@ -331,7 +331,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 
 def test_stage1_loss_falls_on_real_data_and_stage2_starts_from_its_weights(tmp_path):
     import data_helpers
-    from qwencoder_jax.train import cli
+    from qwencoder_apps import train as cli
 
     data_helpers.write_code_files(tmp_path / "code", limit=30)
     data_helpers.write_text(tmp_path / "text")

@@ -8,7 +8,7 @@ from pathlib import Path
 import gin
 import pytest
 
-from qwencoder_jax.train import cli
+from qwencoder_apps import train as cli
 
 GIN_DIR = Path(__file__).resolve().parents[2] / "gin"
 DATA = {"CODE_DIR": "/data/code", "TEXT_DIR": "/data/text", "MATH_DIR": "/data/math", "REPO_DIR": "/data/repo",
@@ -67,7 +67,7 @@ def test_missing_required_macro_is_named_at_parse_time():
 
 def test_mistyped_binding_fails_with_gins_message_before_any_work(tmp_path):
     workdir = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "qwencoder_jax.train", "--gin_file=stages/stage1_file_level.gin",
+    run = subprocess.run([sys.executable, "-m", "qwencoder_apps.train", "--gin_file=stages/stage1_file_level.gin",
                           "--gin_file=models/tiny.gin", "--gin.optimizer_config.peak_learnin_rate=1.0",
                           f"--workdir={workdir}"], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0

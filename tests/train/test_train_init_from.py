@@ -1,5 +1,5 @@
 """`init_from` on a converted Hugging Face checkpoint: a random transformers Qwen2 model, saved as safetensors,
-converted with `python -m qwencoder_jax.convert hf-to-orbax`, trains from its weights; the first step's loss equals
+converted with `python -m qwencoder_apps.convert hf-to-orbax`, trains from its weights; the first step's loss equals
 transformers' loss on the same batch."""
 
 import json
@@ -30,7 +30,7 @@ def test_first_step_loss_from_a_converted_hf_checkpoint_equals_transformers(tmp_
         tie_word_embeddings=False, rms_norm_eps=1e-6, attn_implementation="eager")
     hf_model = transformers.Qwen2ForCausalLM(hf_config).float().eval()
     hf_model.save_pretrained(tmp_path / "hf")
-    subprocess.run([sys.executable, "-m", "qwencoder_jax.convert", "hf-to-orbax", str(tmp_path / "hf"),
+    subprocess.run([sys.executable, "-m", "qwencoder_apps.convert", "hf-to-orbax", str(tmp_path / "hf"),
                     str(tmp_path / "ckpt")], check=True, cwd=Path(__file__).resolve().parents[2])
 
     # Documents of exactly LENGTH + 1 tokens: each row is one whole document, as transformers sees it.

@@ -1,4 +1,4 @@
-"""Command line of the converters: `python -m qwencoder_jax.convert {hf-to-orbax,orbax-to-hf,gguf-to-orbax,fetch}`."""
+"""Command line of the converters: `python -m qwencoder_apps.convert {hf-to-orbax,orbax-to-hf,gguf-to-orbax,fetch}`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from qwencoder_jax.model.config import DTYPES
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_flags.ArgumentParser(
-        prog="python -m qwencoder_jax.convert",
+        prog="python -m qwencoder_apps.convert",
         description="Convert Qwen2/Llama checkpoints between Hugging Face safetensors, GGUF and qwencoder_jax's "
                     "orbax format (load the result with qwencoder_jax.load(CKPT_DIR)).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,9 +1,9 @@
 """Generate from a checkpoint on the command line (KV-cache decoding, see qwencoder_jax.eval.generate).
 
-    python -m qwencoder_jax.generate --checkpoint runs/demo/smollm2-135m --prompt "def fibonacci(n):"
-    python -m qwencoder_jax.generate --checkpoint CKPT --prompt "def f(" --temperature 0.8 --top_p 0.95 \\
+    python -m qwencoder_apps.generate --checkpoint runs/demo/smollm2-135m --prompt "def fibonacci(n):"
+    python -m qwencoder_apps.generate --checkpoint CKPT --prompt "def f(" --temperature 0.8 --top_p 0.95 \\
         --num_samples 4 --seed 1 --stop "\\ndef"
-    python -m qwencoder_jax.generate --checkpoint CKPT --prefix "def add(a, b):\\n" --suffix "\\n    return c\\n"
+    python -m qwencoder_apps.generate --checkpoint CKPT --prefix "def add(a, b):\\n" --suffix "\\n    return c\\n"
 
 Prints each completion (the infill in FIM mode), preceded by a `--- sample N ---` line when there are several.
 Backslash escapes in --prompt / --prefix / --suffix / --stop (\\n, \\t, \\\\) are decoded, so shells need no
@@ -24,7 +24,7 @@ def _unescape(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.generate", description=__doc__,
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_apps.generate", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="converted or training checkpoint directory")
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the checkpoint's own, or Qwen2.5's)")

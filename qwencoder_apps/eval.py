@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: python -m qwencoder_jax.eval --checkpoint DIR --tasks humaneval,infilling --output DIR
+"""Evaluate a checkpoint: python -m qwencoder_apps.eval --checkpoint DIR --tasks humaneval,infilling --output DIR
 
 Writes OUTPUT/results.json (options and metrics), OUTPUT/report.md (tables), OUTPUT/<task>.records.jsonl (every
 problem's completions and scores) and OUTPUT/needle.png. With --num_processes N it starts N copies of itself
@@ -36,7 +36,7 @@ def _numbers(text: str, kind) -> tuple:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.eval", description=__doc__,
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_apps.eval", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="model checkpoint directory (checkpoints.save_model)")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's, else the Qwen2.5 one)")
@@ -144,7 +144,7 @@ def merge(args: argparse.Namespace, options: EvalOptions, count: int) -> dict:
 
 
 def _spawn(argv: Sequence[str], count: int) -> None:
-    processes = [subprocess.Popen([sys.executable, "-m", "qwencoder_jax.eval", *argv, "--process_index", str(i),
+    processes = [subprocess.Popen([sys.executable, "-m", "qwencoder_apps.eval", *argv, "--process_index", str(i),
                                    "--process_count", str(count)]) for i in range(count)]
     failed = [i for i, process in enumerate(processes) if process.wait() != 0]
     if failed:

@@ -1,6 +1,6 @@
 """Ahead-of-time compile of a training stage (or the generator) for a TPU topology, with no TPU attached.
 
-    python -m qwencoder_jax.aot --topology v5p-256 [--num_slices 2] [--mode train|prefill|decode] \\
+    python -m qwencoder_apps.aot --topology v5p-256 [--num_slices 2] [--mode train|prefill|decode] \\
         --gin_file=gin/stages/stage1_file_level.gin --gin_file=gin/models/qwen2.5-coder-7b.gin \\
         --gin.BATCH_SIZE=16 [--json report.json]
 
@@ -24,7 +24,7 @@ GIB = 2**30
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_jax.aot", description=__doc__,
+    parser = cli_flags.ArgumentParser(prog="python -m qwencoder_apps.aot", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", required=True, help="a TPU slice type as the launchers take it, e.g. v5p-256")
     parser.add_argument("--num_slices", type=int, default=1, help="slices joined over DCN (multislice)")
@@ -87,7 +87,7 @@ def _one_line(error: Exception) -> str:
 def _compile(parser, argv, topology):
     # after the cheap checks in main: jax, libtpu and the trainer load only for a real compile
     from qwencoder_jax.aot import compile as compile_lib
-    from qwencoder_jax.train.cli import parse_with_gin_flags
+    from qwencoder_apps.train import parse_with_gin_flags
 
     args, bindings = parse_with_gin_flags(parser, argv)
     return compile_lib.compile_stage(args.gin_file, bindings, topology, args.num_slices, args.mode,
