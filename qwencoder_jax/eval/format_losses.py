@@ -170,10 +170,21 @@ def measure(model, params: Any, documents: dict[str, list], sequence_length: int
         if too_long:
             raise ValueError(f"format {name}: a document of {too_long[0]} tokens does not fit rows of "
                              f"{sequence_length}; lower max_chars")
-        rows = packing.pack_rows([packing.shift_document(d, sequence_length) for d in docs], sequence_length)
-        loss_sum, weight_sum = sums(params, {k: jnp.asarray(v) for k, v in rows.items()})
-        losses[name] = float(loss_sum) / float(weight_sum)
+        loss_sum = weight_sum = 0.0
+        for row in pack(docs, sequence_length):  # one row at a time: one compilation for every format
+            row_loss, row_weight = sums(params, {k: jnp.asarray(v)[None] for k, v in row.items()})
+            loss_sum, weight_sum = loss_sum + float(row_loss), weight_sum + float(row_weight)
+        losses[name] = loss_sum / weight_sum
     return losses
+
+
+def pack(documents: list, sequence_length: int) -> list[dict[str, np.ndarray]]:
+    """The documents in rows by training's packer (data/packing.pack_dataset: first fit, unshuffled)."""
+    import grain
+
+    shifted = grain.MapDataset.source([packing.shift_document(d, sequence_length) for d in documents])
+    config = packing.PackingConfig(sequence_length=sequence_length, num_packing_bins=4, shuffle_rows=False)
+    return list(packing.pack_dataset(shifted.to_iter_dataset(), config))
 
 
 def dataset_documents(directories, vocabulary, count: int = 3, max_chars: int = 1200, split: str = "validation",

@@ -42,3 +42,11 @@ def test_dataset_documents_by_kind(tmp_path):
     ours = samples.chatml_document(MESSAGES, vocabulary, None, BadInputCounter())
     np.testing.assert_array_equal(documents["sft_chatml"][0]["ids"], ours["ids"])
     np.testing.assert_array_equal(documents["sft_chatml"][0]["loss_mask"], ours["loss_mask"])
+
+
+def test_pack_uses_trainings_packer_and_keeps_every_target():
+    vocabulary = QwenVocabulary()
+    documents = format_losses.real_documents(vocabulary, count=3, max_chars=300)["fim_psm"]
+    rows = format_losses.pack(documents, 256)
+    assert sum(int(row["loss_mask"].sum()) for row in rows) == sum(int(d["loss_mask"][1:].sum()) for d in documents)
+    assert all(row["input_ids"].shape == (256,) for row in rows) and max(row["segment_ids"].max() for row in rows) > 1
