@@ -52,16 +52,18 @@ def _stdlib() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _code(path: Path, max_chars: int) -> str:
-    text = path.read_text(encoding="utf-8")
+def _trim(text: str, max_chars: int) -> str:
     return text[:text.rfind("\n", 0, max_chars) + 1] if len(text) > max_chars else text
 
 
-def file_documents(vocabulary, count: int, max_chars: int, seed: int = 0) -> dict[str, list]:
+def _code(path: Path, max_chars: int) -> str:
+    return _trim(path.read_text(encoding="utf-8"), max_chars)
+
+
+def _file_formats(named_texts, vocabulary, seed: int) -> dict[str, list]:
     special = vocabulary.special_ids
     out: dict[str, list] = {"file_level": [], "fim_psm": [], "fim_swapped": []}
-    for name in STDLIB_FILES[:count]:
-        text = _code(_stdlib() / name, max_chars)
+    for name, text in named_texts:
         ids = vocabulary.encode(text) + [special[ENDOFTEXT]]
         out["file_level"].append(_document(ids, [1] * len(ids)))
         prefix, middle, suffix = fim.split_document(text, fim.rng_for(seed, name))
@@ -73,17 +75,30 @@ def file_documents(vocabulary, count: int, max_chars: int, seed: int = 0) -> dic
     return out
 
 
-def repo_documents(vocabulary, count: int, max_chars: int) -> dict[str, list]:
-    files = sorted((_stdlib() / REPO_PACKAGE).glob("*.py"))
+def file_documents(vocabulary, count: int, max_chars: int, seed: int = 0) -> dict[str, list]:
+    return _file_formats([(name, _code(_stdlib() / name, max_chars)) for name in STDLIB_FILES[:count]], vocabulary,
+                         seed)
+
+
+def _repo_formats(repositories, vocabulary) -> dict[str, list]:
+    """repositories: (name, [(path, content), ...]) pairs."""
     out: dict[str, list] = {"repo_level": [], "repo_no_header": []}
-    for start in range(count):  # rotations of the package's files: `count` samples with different file orders
-        chosen = [files[(start + i) % len(files)] for i in range(3)]
-        contents = [(f"{REPO_PACKAGE}/{path.name}", _code(path, max_chars // len(chosen))) for path in chosen]
-        header, bodies, tail = fim._repo_parts(f"python/{REPO_PACKAGE}", contents, vocabulary, None)
+    for name, contents in repositories:
+        header, bodies, tail = fim._repo_parts(name, contents, vocabulary, None)
         body = [token for part in bodies for token in part] + tail
         out["repo_level"].append(_document(header + body, [0] * len(header) + [1] * len(body)))
         out["repo_no_header"].append(_document(body, [1] * len(body)))
     return out
+
+
+def repo_documents(vocabulary, count: int, max_chars: int) -> dict[str, list]:
+    files = sorted((_stdlib() / REPO_PACKAGE).glob("*.py"))
+    repositories = []
+    for start in range(count):  # rotations of the package's files: `count` samples with different file orders
+        chosen = [files[(start + i) % len(files)] for i in range(3)]
+        repositories.append((f"python/{REPO_PACKAGE}", [(f"{REPO_PACKAGE}/{path.name}",
+                                                         _code(path, max_chars // len(chosen))) for path in chosen]))
+    return _repo_formats(repositories, vocabulary)
 
 
 def _chat(messages, vocabulary, assistant_tag: str | None = None, text_tags: bool = False) -> dict[str, np.ndarray]:
@@ -121,13 +136,17 @@ def sft_conversations(count: int) -> list[list[dict]]:
             for problem in humaneval.load_problems(count)]
 
 
-def sft_documents(vocabulary, count: int) -> dict[str, list]:
+def _sft_formats(conversations, vocabulary) -> dict[str, list]:
     out: dict[str, list] = {"sft_chatml": [], "sft_misspelled": [], "sft_text_tags": []}
-    for messages in sft_conversations(count):
+    for messages in conversations:
         out["sft_chatml"].append(_chat(messages, vocabulary))
         out["sft_misspelled"].append(_chat(messages, vocabulary, assistant_tag="<|im_star|>"))
         out["sft_text_tags"].append(_chat(messages, vocabulary, text_tags=True))
     return out
+
+
+def sft_documents(vocabulary, count: int) -> dict[str, list]:
+    return _sft_formats(sft_conversations(count), vocabulary)
 
 
 def real_documents(vocabulary, count: int = 3, max_chars: int = 1200, seed: int = 0) -> dict[str, list]:
@@ -150,7 +169,52 @@ def measure(model, params: Any, documents: dict[str, list], sequence_length: int
         if too_long:
             raise ValueError(f"format {name}: a document of {too_long[0]} tokens does not fit rows of "
                              f"{sequence_length}; lower max_chars")
-        rows = packing.pack_rows([packing.shift_document(d, sequence_length) for d in docs], sequence_length)
-        loss_sum, weight_sum = sums(params, {k: jnp.asarray(v) for k, v in rows.items()})
-        losses[name] = float(loss_sum) / float(weight_sum)
+        loss_sum = weight_sum = 0.0
+        for row in pack(docs, sequence_length):  # one row at a time: one compilation for every format
+            row_loss, row_weight = sums(params, {k: jnp.asarray(v)[None] for k, v in row.items()})
+            loss_sum, weight_sum = loss_sum + float(row_loss), weight_sum + float(row_weight)
+        losses[name] = loss_sum / weight_sum
     return losses
+
+
+def pack(documents: list, sequence_length: int) -> list[dict[str, np.ndarray]]:
+    """The documents in rows by training's packer (data/packing.pack_dataset: first fit, unshuffled)."""
+    import grain
+
+    shifted = grain.MapDataset.source([packing.shift_document(d, sequence_length) for d in documents])
+    config = packing.PackingConfig(sequence_length=sequence_length, num_packing_bins=4, shuffle_rows=False)
+    return list(packing.pack_dataset(shifted.to_iter_dataset(), config))
+
+
+def dataset_documents(directories, vocabulary, count: int = 3, max_chars: int = 1200, split: str = "validation",
+                      seed: int = 0) -> dict[str, list]:
+    """The formats of data_pipelines datasets (e.g. a run's own held-out shards): the first `count` records of
+    `split` of each directory, by the manifest's kind: code_file -> file_level and the FIM formats, code_repo ->
+    the repo formats (each file cut to max_chars / number of files), sft -> the ChatML formats (each message cut to
+    max_chars); other kinds are not read."""
+    import json
+
+    from qwencoder_jax.data import shards
+
+    out: dict[str, list] = {}
+    for directory in directories:
+        kind = shards.read_manifest(directory).get("kind")
+        source = shards.RecordSource(shards.split_files(directory, split))
+        records = [shards.parse_example(source[index]) for index in range(min(count, len(source)))]
+        text = lambda values: [value.decode("utf-8") for value in values]
+        if kind == "code_file":
+            formats = _file_formats([(f"{directory}:{n}", _trim(text(r["text"])[0], max_chars))
+                                     for n, r in enumerate(records)], vocabulary, seed)
+        elif kind == "code_repo":
+            formats = _repo_formats([(text(r["repo_name"])[0],
+                                      [(path, _trim(content, max_chars // len(r["paths"])))
+                                       for path, content in zip(text(r["paths"]), text(r["contents"]))])
+                                     for r in records], vocabulary)
+        elif kind == "sft":
+            formats = _sft_formats([[{**m, "content": _trim(m["content"], max_chars)}
+                                     for m in json.loads(text(r["messages"])[0])] for r in records], vocabulary)
+        else:
+            continue
+        for name, documents in formats.items():
+            out.setdefault(name, []).extend(documents)
+    return out
