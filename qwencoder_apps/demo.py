@@ -7,14 +7,17 @@
   3. training   stage 1 (file-level, FIM) -> stage 2 (repo-level, from stage 1's weights) -> stage 3 (SFT, from
                 stage 2's), each through the trainer's command line with gin/stages/*.gin + gin/cpu/demo.gin
   4. evaluation the final model: perplexity / bits per byte on held-out shards, FIM exact match, HumanEval
-  5. report     tables printed and written to RUN/report.md
+  5. real model the published Qwen2.5-Coder-0.5B-Instruct through the same paths: chat-mode HumanEval on a few
+                problems, per-format losses of both models on the run's held-out records (recipe/real_model.py)
+  6. report     tables printed and written to RUN/report.md
 
-    python -m qwencoder_apps.demo [--run RUN (runs/demo, runs/demo-quick, runs/demo-smoke)] [--size demo|quick|smoke] [--reuse_data | --resume] [--no_eval]
+    python -m qwencoder_apps.demo [--run RUN (runs/demo, runs/demo-quick, runs/demo-smoke)] [--size demo|quick|smoke] [--reuse_data | --resume] [--no_eval] [--no_real]
     python -m qwencoder_apps.demo --showcase     # the model on real weights instead (qwencoder_apps/showcase.py)
 
 RUN/ (the layout the notebooks read): data/<dataset>/ (manifest.json, TFRecord shards, rejects.jsonl,
 decontaminated.jsonl), inputs/ (the JSONL written for text, math and sft), stage1/ stage2/ stage3/ (checkpoints/,
-metrics.jsonl, tensorboard/, operative_config.gin), eval/ (results.json, report.md), report.md, demo.json (the
+metrics.jsonl, tensorboard/, operative_config.gin), eval/ (results.json, report.md), real/ (the published
+model's HumanEval records), report.md, demo.json (the
 run's state: phases, counts, stage and eval figures).
 
 A plain rerun replaces RUN. --reuse_data keeps the finished datasets and trains again; --resume keeps everything
@@ -124,6 +127,8 @@ def main(argv=None) -> dict:
     group.add_argument("--reuse_data", action="store_true", help="keep RUN/data from a finished run")
     group.add_argument("--resume", action="store_true", help="continue after the last finished phase")
     parser.add_argument("--no_eval", action="store_true", help="skip the evaluation phase")
+    parser.add_argument("--no_real", action="store_true",
+                        help="skip the published Qwen2.5-Coder-0.5B-Instruct beside the demo model")
     parser.add_argument("--showcase", action="store_true", help="run the real-weights model showcase instead")
     args, rest = parser.parse_known_args(argv)
     if args.showcase:
@@ -138,7 +143,7 @@ def main(argv=None) -> dict:
 
     # after parsing: --help answers without loading jax
     from qwencoder_apps.recipe import config as recipe_config
-    from qwencoder_apps.recipe import data, evaluate, mixtures, report, stages
+    from qwencoder_apps.recipe import data, evaluate, mixtures, real_model, report, stages
 
     clock = Clock()
     recipe = recipe_config.PRESETS[args.size]
@@ -199,6 +204,10 @@ def main(argv=None) -> dict:
         state["evaluation"] = evaluate.run(run_dir / "stage3", run_dir / "eval", data_dirs, recipe.evaluation,
                                            clock.say)
 
+    def real_model_phase():
+        state["real_model"] = real_model.run(run_dir / "stage3", run_dir / "real", data_dirs, recipe.evaluation,
+                                             clock.say)
+
     try:
         run_phase(state, "data", clock, data_phase)
         run_phase(state, "mixtures", clock, mixtures_phase)
@@ -207,6 +216,10 @@ def main(argv=None) -> dict:
             state["phases"]["evaluation"] = {"status": "skipped (--no_eval)", "seconds": 0}
         else:
             run_phase(state, "evaluation", clock, evaluation_phase)
+        if args.no_real:
+            state["phases"]["real model"] = {"status": "skipped (--no_real)", "seconds": 0}
+        else:
+            run_phase(state, "real model", clock, real_model_phase)
     except KeyboardInterrupt:
         clock.say(f"interrupted; rerun with --resume to continue: python -m qwencoder_apps.demo --run {args.run} "
                   f"--size {args.size} --resume")

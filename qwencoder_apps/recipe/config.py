@@ -29,6 +29,11 @@ class EvalPlan:
     fim_problems: int = 4  # HumanEval problems whose solution lines become single-line FIM tasks
     humaneval_problems: int = 4
     max_new_tokens: int = 64
+    # the published Qwen2.5-Coder-0.5B-Instruct beside the demo model (phase 5, recipe/real_model.py)
+    real_humaneval_problems: int = 8  # chat mode; one generation call of 8 problems
+    real_max_new_tokens: int = 384
+    real_format_documents: int = 3  # held-out records per format
+    real_format_chars: int = 1200  # each cut at a line end below this many characters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +73,15 @@ SMOKE = RecipeConfig(
     stage1=StagePlan(steps=5, batch_size=2, sequence_length=128, peak_learning_rate=1e-2, warmup_steps=1),
     stage2=StagePlan(steps=4, batch_size=2, sequence_length=128, peak_learning_rate=1e-3, warmup_steps=1),
     stage3=StagePlan(steps=3, batch_size=2, sequence_length=128, peak_learning_rate=1e-3, warmup_steps=1),
-    evaluation=EvalPlan(perplexity_documents=2, fim_problems=1, humaneval_problems=1, max_new_tokens=8))
+    evaluation=EvalPlan(perplexity_documents=2, fim_problems=1, humaneval_problems=1, max_new_tokens=8,
+                        real_humaneval_problems=1, real_max_new_tokens=96, real_format_documents=1,
+                        real_format_chars=400))
 
 # The demo's data with a third of the steps: for a machine shared with other work.
 QUICK = dataclasses.replace(
     DEMO, stage1=dataclasses.replace(DEMO.stage1, steps=80), stage2=dataclasses.replace(DEMO.stage2, steps=33),
     stage3=dataclasses.replace(DEMO.stage3, steps=27), evaluation=EvalPlan(perplexity_documents=4, fim_problems=2,
-                                                                            humaneval_problems=2, max_new_tokens=48))
+                                                                            humaneval_problems=2, max_new_tokens=48,
+                                                                            real_humaneval_problems=4))
 
 PRESETS = {"demo": DEMO, "quick": QUICK, "smoke": SMOKE}

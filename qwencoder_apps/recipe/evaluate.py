@@ -57,8 +57,8 @@ def _missing_modules(task: str) -> list[str]:
 
 
 def run_task(task: str, checkpoint: Path, output_dir: Path, data_dirs: dict[str, str], plan: EvalPlan,
-             say: Callable[[str], None]) -> dict:
-    """{"task", "status", "metrics" | "reason"} for one task."""
+             say: Callable[[str], None], extra_arguments: tuple[str, ...] | list[str] = ()) -> dict:
+    """{"task", "status", "metrics" | "reason"} for one task (extra_arguments: more command-line flags)."""
     missing = _missing_modules(task)
     if missing:
         return {"task": task, "status": "skipped", "reason": f"not available yet: {', '.join(missing)}"}
@@ -66,7 +66,7 @@ def run_task(task: str, checkpoint: Path, output_dir: Path, data_dirs: dict[str,
     from qwencoder_apps import eval as eval_cli
 
     output = output_dir / task
-    arguments = _cli_arguments(task, checkpoint, output, data_dirs, plan)
+    arguments = _cli_arguments(task, checkpoint, output, data_dirs, plan) + list(extra_arguments)
     say(f"eval: python -m qwencoder_apps.eval {' '.join(arguments)}")
     captured = _Tee(sys.stderr)
     with contextlib.redirect_stderr(captured):  # the CLI explains a refusal (no sandbox) on stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwencoder_apps.recipe import data, evaluate, mixtures, stages
+from qwencoder_apps.recipe import data, evaluate, mixtures, real_model, stages
 from qwencoder_apps.recipe.markdown import markdown_table
 
 
@@ -38,6 +38,9 @@ def sections(state: dict) -> list[tuple[str, list[str], list[list]]]:
                     stages.as_rows(state["stages"])))
     if state.get("evaluation"):
         out.append(("Evaluation of the final model (stage 3)", evaluate.HEADER, evaluate.as_rows(state["evaluation"])))
+    if state.get("real_model"):
+        out.append(("The published Qwen2.5-Coder-0.5B-Instruct beside the demo model (same code paths)",
+                    real_model.HEADER, real_model.as_rows(state["real_model"], state.get("evaluation"))))
     where = [["run directory", str(run_dir)], ["report", str(run_dir / "report.md")],
              ["datasets", str(run_dir / "data") + "/<code|repo|text|math|sft>/manifest.json"],
              ["checkpoints", str(run_dir) + "/stage{1,2,3}/checkpoints/<step>"],
@@ -56,7 +59,8 @@ def write(state: dict) -> str:
     for title, header, rows in sections(state):
         printed += [f"\n{title}", text_table(rows, header)]
         markdown += [f"## {title}\n", markdown_table(rows, header), ""]
-    notes = state.get("notes", []) + state.get("evaluation", {}).get("notes", [])
+    notes = (state.get("notes", []) + state.get("evaluation", {}).get("notes", [])
+             + state.get("real_model", {}).get("notes", []))
     if notes:
         printed += ["\nNotes"] + [f"- {note}" for note in notes]
         markdown += ["## Notes\n"] + [f"- {note}" for note in notes] + [""]

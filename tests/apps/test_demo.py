@@ -156,7 +156,7 @@ def test_recipe_end_to_end_at_smoke_size(tmp_path):
     from qwencoder_jax.train.optimizer import OptimizerConfig, make_optimizer
 
     run = tmp_path / "run"
-    state = demo.main(["--size", "smoke", "--run", str(run)])
+    state = demo.main(["--size", "smoke", "--run", str(run), "--no_real"])
 
     # layout (the notebooks read it)
     for name in data.DATASETS:
@@ -187,9 +187,20 @@ def test_recipe_end_to_end_at_smoke_size(tmp_path):
     assert _distance(stage2, stage1) < 0.5 * _distance(stage2, fresh.params)
     assert state["stages"][1]["init_from"] == str(run / "stage1")
 
-    # a rerun with --resume finds every phase done and only rewrites the report
+    # a rerun with --resume finds every phase done but the skipped real-model one: it runs that (the published
+    # 0.5B-Instruct beside the demo model) and rewrites the report
+    assert state["phases"]["real model"]["status"] == "skipped (--no_real)"
     again = demo.main(["--size", "smoke", "--run", str(run), "--resume"])
     assert again["stages"] == state["stages"]
+    real = again["real_model"]
+    assert again["phases"]["real model"]["status"] == "done" and not real["notes"], real
+    assert real["humaneval"]["metrics"]["problems"] == 1 and (run / "real" / "humaneval" / "results.json").exists()
+    losses = real["format_losses"]
+    assert set(losses["documents"]) == {"file_level", "fim_psm", "repo_level", "sft_chatml"}
+    for name in losses["documents"]:  # a real code model against a few steps of training on the same data
+        # measured at smoke size (one short record per format): real 0.86-3.01, demo model 11.4
+        assert losses["real"][name] < 4.0 and losses["real"][name] < losses["demo"][name] - 2.0, losses
+    assert "## The published Qwen2.5-Coder-0.5B-Instruct beside the demo model" in (run / "report.md").read_text()
 
 
 def test_each_size_has_its_own_run_directory():

@@ -48,3 +48,30 @@ def test_few_rows_benchmark_times_both_sides(capsys):
     assert "rows=2 64x80t: xla=" in out and "packed4=" in out
     with pytest.raises(ValueError, match="is not KxN"):
         few_rows_matmul.parse_shape("64by48")
+
+
+def test_humaneval_instruct_resumes_from_its_results(tmp_path):
+    """What a rerun skips: the problems already in RESULTS/<path>.jsonl (a torn last line dropped), in HumanEval's
+    global blocks of 8; results made with another --max_new_tokens are refused with a one-line error."""
+    import json
+
+    import humaneval_instruct
+
+    from qwencoder_jax.eval import humaneval
+
+    problems = humaneval.load_problems(24)
+    lines = [json.dumps({"task_id": f"HumanEval/{n}", "reply": "", "passed": n % 2 == 0, "seconds": 1.0,
+                         "max_new_tokens": 512}) for n in list(range(8)) + [9]]
+    results = tmp_path / "ours.jsonl"
+    results.write_text("\n".join(lines) + '\n{"task_id": "HumanEval/10", "rep')
+    done = humaneval_instruct.read_results(results, 512)
+    assert sorted(done) == sorted(f"HumanEval/{n}" for n in list(range(8)) + [9])
+    blocks = list(humaneval_instruct._blocks(problems, set(done)))
+    assert [[p["task_id"] for p in block][0] for block in blocks] == ["HumanEval/8", "HumanEval/16"]
+    assert len(blocks[0]) == 8  # the whole global block, as an uninterrupted run batches it
+    assert "pass@1=44.4 (4/9 problems done)" in humaneval_instruct.summary("ours", done)
+    with pytest.raises(humaneval_instruct.BenchmarkError, match="--max_new_tokens 512, not 256"):
+        humaneval_instruct.read_results(results, 256)
+    with pytest.raises(SystemExit) as exit_info:
+        humaneval_instruct.main(["--results", str(tmp_path), "--paths", "ours,tf"])
+    assert exit_info.value.code == 2
