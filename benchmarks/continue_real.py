@@ -21,6 +21,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from qwencoder_jax import cli_flags
+
 STAGES = (("real_repo", "code_repo", 0.5), ("real_sft", "sft", 0.0))
 
 
@@ -38,6 +40,7 @@ def repo_examples() -> list[dict]:
 
 def state_bytes(model_config, optimizer_config) -> dict[str, int]:
     """Bytes of parameters, gradients (the trained ones) and optimizer state, from shapes only."""
+    # jax loads after the arguments are checked (main), so a mistake answers at once
     import jax
     import jax.numpy as jnp
     import flax.linen as nn
@@ -57,6 +60,7 @@ def continue_stages(workdir: Path, steps: int = 3, length: int = 96, optimizer: 
                     frozen: tuple[str, ...] = ("embed", "lm_head"), param_dtype: str = "bfloat16",
                     compute_dtype: str | None = None, learning_rate: float = 1e-5) -> dict[int, list[float]]:
     """Runs stages 2 and 3 in workdir/stage2, workdir/stage3; returns each stage's losses in step order."""
+    # jax and the trainer load after the arguments are checked (main)
     from qwencoder_jax import checkpoints, sharding
     from qwencoder_jax.convert.published import cached_checkpoint
     from qwencoder_jax.data import loader, shards
@@ -90,7 +94,7 @@ def continue_stages(workdir: Path, steps: int = 3, length: int = 96, optimizer: 
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--length", type=int, default=96)
     parser.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adafactor")
@@ -105,6 +109,7 @@ def main(argv=None) -> dict:
     if set(frozen) - {"embed", "lm_head", "layers", "final_norm"}:
         parser.error(f"--frozen names top-level parameters (embed, lm_head, layers, final_norm), got {args.frozen!r}")
 
+    # after the arguments are checked: a mistake answers before jax loads
     from qwencoder_jax import checkpoints
     from qwencoder_jax.convert.published import cached_checkpoint
     from qwencoder_jax.train import optimizer as optimizer_lib

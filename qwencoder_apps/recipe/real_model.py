@@ -25,6 +25,7 @@ FORMAT_DATASETS = ("code", "repo", "sft")
 
 def format_losses(checkpoints_by_model: dict[str, Path], data_dirs: dict[str, str], plan: EvalPlan) -> dict:
     """{model: {format: loss}} on the run's held-out records, float32, packed rows of 1,024 positions."""
+    # jax loads only when the demo reaches this phase (its --help and early phases stay light)
     from qwencoder_jax import checkpoints
     from qwencoder_jax.data.vocabulary import QwenVocabulary
     from qwencoder_jax.eval import format_losses as losses_lib
@@ -43,6 +44,7 @@ def format_losses(checkpoints_by_model: dict[str, Path], data_dirs: dict[str, st
 
 def run(demo_checkpoint: Path, output_dir: Path, data_dirs: dict[str, str], plan: EvalPlan,
         say: Callable[[str], None] = print) -> dict:
+    # the fetch and conversion code load only when the demo reaches this phase
     from qwencoder_jax.convert.published import cached_checkpoint
 
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -23,15 +23,17 @@ rows are packed (several documents per row, segment ids and positions) as traini
 
 from __future__ import annotations
 
+import json
 import sysconfig
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qwencoder_jax.data import fim, packing
+from qwencoder_jax.data import fim, packing, shards
 from qwencoder_jax.data.special_tokens import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
 from qwencoder_jax.eval import humaneval
 from qwencoder_jax.train.loss import cross_entropy
@@ -179,8 +181,6 @@ def measure(model, params: Any, documents: dict[str, list], sequence_length: int
 
 def pack(documents: list, sequence_length: int) -> list[dict[str, np.ndarray]]:
     """The documents in rows by training's packer (data/packing.pack_dataset: first fit, unshuffled)."""
-    import grain
-
     shifted = grain.MapDataset.source([packing.shift_document(d, sequence_length) for d in documents])
     config = packing.PackingConfig(sequence_length=sequence_length, num_packing_bins=4, shuffle_rows=False)
     return list(packing.pack_dataset(shifted.to_iter_dataset(), config))
@@ -192,10 +192,6 @@ def dataset_documents(directories, vocabulary, count: int = 3, max_chars: int = 
     `split` of each directory, by the manifest's kind: code_file -> file_level and the FIM formats, code_repo ->
     the repo formats (each file cut to max_chars / number of files), sft -> the ChatML formats (each message cut to
     max_chars); other kinds are not read."""
-    import json
-
-    from qwencoder_jax.data import shards
-
     out: dict[str, list] = {}
     for directory in directories:
         kind = shards.read_manifest(directory).get("kind")
