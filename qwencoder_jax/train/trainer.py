@@ -453,7 +453,27 @@ class _NoProgress:
     def close(self): pass
 
 
+class _ProgressLines:
+    """Progress for a log file (stderr not a terminal): a plain line about every 5% of the run, not a bar."""
+
+    def __init__(self, total: int, start: int):
+        self.total, self.n, self.every, self.printed = total, start, max(1, -(-total // 20)), start
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, **values):  # called with the metrics of step self.n
+        if self.n - self.printed >= self.every or (self.n == self.total and self.printed < self.total):
+            self.printed = self.n
+            shown = "".join(f" {key}={value}" for key, value in values.items())
+            print(f"[train] step {self.n}/{self.total}{shown}", file=sys.stderr, flush=True)
+
+    def close(self): pass
+
+
 def _progress_bar(config: TrainerConfig, start: int):
     if not config.progress_bar or jax.process_index() != 0:
         return _NoProgress()
+    if not sys.stderr.isatty():
+        return _ProgressLines(config.total_steps, start)
     return tqdm(total=config.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
