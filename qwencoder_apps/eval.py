@@ -109,7 +109,7 @@ def run_share(args: argparse.Namespace, options: EvalOptions, index: int, count:
     from qwencoder_jax.eval.generate import Generator
 
     generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
-                                          packed_weights=not args.float_weights)
+                                          packed_weights=False if args.float_weights else None)
     if options.chat and "humaneval" in args.task_list and not generator.chat_template:
         raise SystemExit(f"error: --chat needs the checkpoint's chat template; {args.checkpoint} has no "
                          "chat_template.jinja (GGUF conversions of instruct models carry one)")

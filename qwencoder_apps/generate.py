@@ -67,7 +67,7 @@ def main(argv=None) -> list[str]:
                                   top_p=args.top_p, top_k=args.top_k,
                                   stop=tuple(_unescape(s) for s in args.stop), seed=args.seed)
         generator = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
-                                              packed_weights=not args.float_weights)
+                                              packed_weights=False if args.float_weights else None)
         n = args.num_samples
         if args.prompt is not None:
             completions = generator.generate([_unescape(args.prompt)] * n, sampling)

@@ -45,6 +45,12 @@ def _cpu_flags() -> str:
     return os.uname().machine
 
 
+def packed_kernel_is_fast() -> bool:
+    """Whether the packed-weight kernel has its vectorised unpacking here (AVX-512). Built for AVX2 it decodes slower
+    than the float32 params do (docs/real_weights.md), so the Generator then defaults to the float path."""
+    return "avx512f" in _cpu_flags().split()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwencoder_jax" / "kernels"
 

@@ -14,7 +14,8 @@ GGUF file, e.g. SmolLM2's); otherwise a model with the Qwen2.5 vocabulary size g
 
 CPU decoding: unsharded on CPU, decode steps run their projections on the CPU kernels (qwencoder_jax.cpu_decode):
 the few-row matmul, and a GGUF conversion's packed Q4_0/Q4_1/Q8_0/Q5_0/Q4_K/Q6_K weights (same values, a third to
-an eighth of the bytes per token). `packed_weights=False` (CLI: --float_weights) decodes from the float params.
+an eighth of the bytes per token), by default only where the packed kernel is vectorised (AVX-512; slower than
+float32 elsewhere). `packed_weights=False` (CLI: --float_weights) decodes from the float params, True forces packed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -141,6 +143,19 @@ def _cpu_decode():
     return packed_weights
 
 
+def _load_packed(path, packed_weights: bool | None) -> dict[str, Any] | None:
+    """The checkpoint's packed weights if decoding should use them: True always, None where the kernel is fast."""
+    if packed_weights is False:
+        return None
+    packed = _cpu_decode().load(path)
+    if packed and packed_weights is None and not _cpu_decode().few_rows.packed_kernel_is_fast():
+        print(f"[generate] decoding from the float32 params, not the {len(packed)} packed matrices: the packed kernel "
+              "is not vectorised on this CPU (no AVX-512) and would be slower; packed_weights=True forces it",
+              file=sys.stderr, flush=True)
+        return None
+    return packed
+
+
 class Generator:
     def __init__(self, model: Transformer, params: Any, tokenizer: Any, *, mesh=None, max_batch_size: int = 8,
                  packed: dict[str, Any] | None = None, chat_template: str | None = None):
@@ -178,16 +193,17 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, tokenizer: Any = None, mesh=None, max_batch_size: int = 8,
-                        packed_weights: bool = True, **model_overrides: Any) -> "Generator":
+                        packed_weights: bool | None = None, **model_overrides: Any) -> "Generator":
         """A generator on a converted or training checkpoint; `tokenizer` is a tokenizer object or a path to a
         tokenizer.json (default: see `tokenizer_for_checkpoint`); overrides are execution options.
-        packed_weights: decode from the checkpoint's packed weights when it has them (GGUF conversions)."""
+        packed_weights: decode from the checkpoint's packed weights (GGUF conversions): True when it has them, None
+        (default) when it has them and the packed kernel is vectorised on this CPU, False never."""
         model, params = checkpoints.load(path, **{"scan_layers": False, **model_overrides})
         if tokenizer is None:
             tokenizer = tokenizer_for_checkpoint(path, model.config)
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = Tokenizer.from_file(tokenizer)
-        packed = _cpu_decode().load(path) if packed_weights and _cpu_decoding(mesh) else None
+        packed = _load_packed(path, packed_weights) if _cpu_decoding(mesh) else None
         return cls(model, params, tokenizer, mesh=mesh, max_batch_size=max_batch_size, packed=packed,
                    chat_template=chat.load_template(path))
 

@@ -193,3 +193,22 @@ def test_smollm2_gguf_packed_weights_are_its_float_weights():
         np.testing.assert_array_equal(np.asarray(packed.dequantize(weights[name])), expected)
     total = sum(w.nbytes for w in weights.values())
     assert total < 4 * 135e6 / 4  # under a quarter of the float32 bytes
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_generator_defaults_to_packed_weights_only_where_the_kernel_is_vectorised(tmp_path, monkeypatch, capsys,
+                                                                                 vectorised):
+    from qwencoder_jax.checkpoints import stack_layers
+    from qwencoder_jax.eval import generate
+
+    model, params, weights = packed_model(CONFIG)
+    directory = checkpoints.save_model(tmp_path / "ckpt", CONFIG.replace(scan_layers=True),
+                                       stack_layers(params, CONFIG.num_layers), packed=weights)
+    monkeypatch.setattr(few_rows, "packed_kernel_is_fast", lambda: vectorised)
+    chosen = generate._load_packed(directory, None)
+    assert (chosen is not None) == vectorised
+    said = capsys.readouterr().err
+    assert ("not vectorised on this CPU" in said) == (not vectorised)
+    assert set(generate._load_packed(directory, True)) == set(weights)  # True forces them
+    assert generate._load_packed(directory, False) is None
+    assert few_rows.packed_kernel_is_fast() in (True, False)

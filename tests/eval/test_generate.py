@@ -192,7 +192,7 @@ def smollm2(tmp_path_factory):
     from qwencoder_jax.convert.gguf import gguf_to_orbax
 
     directory = gguf_to_orbax(assets.smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "ckpt")
-    return directory, Generator.from_checkpoint(directory)
+    return directory, Generator.from_checkpoint(directory, packed_weights=True)
 
 
 @pytest.mark.slow  # converts the real weights (10-20 s) and compiles a 30-layer decoder
