@@ -43,13 +43,17 @@ def check(config: ModelConfig, packed: Mapping[str, PackedWeight]) -> None:
                              f"{list(matrices[name][1])}")
 
 
+def present(path: str | os.PathLike) -> bool:
+    """Whether the checkpoint keeps packed weights (without reading them)."""
+    return (checkpoints.resolve_checkpoint_dir(path) / checkpoints.PACKED_ITEM).is_dir()
+
+
 def load(path: str | os.PathLike) -> dict[str, PackedWeight] | None:
     """The checkpoint's packed weights by Hugging Face name (on this process's first device), or None."""
-    directory = checkpoints.resolve_checkpoint_dir(path)
-    item = checkpoints.PACKED_ITEM
-    if not (directory / item).is_dir():
+    if not present(path):
         return None
-    restored = checkpoints.restore_item(directory, item)
+    directory = checkpoints.resolve_checkpoint_dir(path)
+    restored = checkpoints.restore_item(directory, checkpoints.PACKED_ITEM)
     packed = {}
 
     def collect(node: dict, parts: tuple[str, ...]) -> None:

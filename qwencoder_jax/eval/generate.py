@@ -145,15 +145,15 @@ def _cpu_decode():
 
 def _load_packed(path, packed_weights: bool | None) -> dict[str, Any] | None:
     """The checkpoint's packed weights if decoding should use them: True always, None where the kernel is fast."""
-    if packed_weights is False:
+    cpu_decode = _cpu_decode()
+    if packed_weights is False or not cpu_decode.present(path):
         return None
-    packed = _cpu_decode().load(path)
-    if packed and packed_weights is None and not _cpu_decode().few_rows.packed_kernel_is_fast():
-        print(f"[generate] decoding from the float32 params, not the {len(packed)} packed matrices: the packed kernel "
-              "is not vectorised on this CPU (no AVX-512) and would be slower; packed_weights=True forces it",
+    if packed_weights is None and not cpu_decode.few_rows.packed_kernel_is_fast():  # decided before reading them
+        print("[generate] decoding from the float32 params, not the packed weights: the packed kernel is not "
+              "vectorised on this CPU (no AVX-512) and would be slower; packed_weights=True forces it",
               file=sys.stderr, flush=True)
         return None
-    return packed
+    return cpu_decode.load(path)
 
 
 class Generator:

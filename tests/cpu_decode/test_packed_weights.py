@@ -211,4 +211,14 @@ def test_generator_defaults_to_packed_weights_only_where_the_kernel_is_vectorise
     assert ("not vectorised on this CPU" in said) == (not vectorised)
     assert set(generate._load_packed(directory, True)) == set(weights)  # True forces them
     assert generate._load_packed(directory, False) is None
-    assert few_rows.packed_kernel_is_fast() in (True, False)
+    plain = checkpoints.save_model(tmp_path / "plain", CONFIG.replace(scan_layers=True),
+                                   stack_layers(params, CONFIG.num_layers))
+    assert generate._load_packed(plain, None) is None and generate._load_packed(plain, True) is None
+    assert "packed" not in capsys.readouterr().err  # nothing to say of a checkpoint without packed weights
+
+
+@pytest.mark.parametrize("flags,fast", [("fpu sse2 avx avx2 fma", False), ("fpu avx2 avx512f avx512bw", True),
+                                        ("fpu avx2 avx512fp16", False), ("fp asimd", False)])
+def test_the_packed_kernel_counts_as_fast_with_avx512f_only(monkeypatch, flags, fast):
+    monkeypatch.setattr(few_rows, "_cpu_flags", lambda: flags)
+    assert few_rows.packed_kernel_is_fast() is fast
