@@ -55,14 +55,15 @@ def reused_row(row: dict, stage: str) -> dict:
     return {**row, "stage": stage, "same_as": row["stage"]}
 
 
-def run_row(stage: str, preset: str) -> dict:
+def run_row(stage: str, preset: str, libtpu_flags: str = "") -> dict:
     bindings = BINDINGS.get(stage, {}).get(preset, DEFAULT_BINDINGS)
     with tempfile.TemporaryDirectory() as folder:
         report_path = Path(folder) / "report.json"
         command = [sys.executable, "-m", "qwencoder_apps.aot", "--topology", SLICES[preset],
                    f"--gin_file={ROOT / 'gin/stages' / (stage + '.gin')}",
                    f"--gin_file={ROOT / 'gin/models' / f'qwen2.5-coder-{preset}.gin'}",
-                   *[f"--gin.{binding}" for binding in bindings], "--json", str(report_path)]
+                   *[f"--gin.{binding}" for binding in bindings], "--json", str(report_path),
+                   f"--libtpu_flags={libtpu_flags}"]
         result = subprocess.run(command, capture_output=True, text=True)
         row = {"stage": stage, "preset": preset, "slice": SLICES[preset], "bindings": bindings,
                "status": result.returncode}

@@ -26,7 +26,7 @@ import yaml
 from qwencoder_jax import cli_flags
 
 # launch/ is the script directory
-from tpu_slices import SliceType, aot_check_command, run_aot_check, stage_command
+from tpu_slices import SliceType, aot_check_command, libtpu_flags_argument, run_aot_check, stage_command
 
 # accelerator family -> GKE node selector value (slice geometry: tpu_slices.py)
 NODE_SELECTORS = {"v4": "tpu-v4-podslice", "v5p": "tpu-v5p-slice", "v5litepod": "tpu-v5-lite-podslice",
@@ -51,6 +51,7 @@ class GkeRun:
     workdir: str | None = None  # the trainer's --workdir in every pod
     cluster: str | None = None
     topology: str | None = None
+    libtpu_flags: str = ""  # every pod's LIBTPU_INIT_ARGS (tpu_slices.libtpu_flags_argument)
 
     @property
     def slice(self) -> SliceType:
@@ -66,7 +67,8 @@ class GkeRun:
         return table[chips]
 
     def train_command(self) -> str:
-        return stage_command(self.entry, self.stage, self.gin_bindings, self.gin_files, self.workdir)
+        return stage_command(self.entry, self.stage, self.gin_bindings, self.gin_files, self.workdir,
+                             self.libtpu_flags)
 
 
 def manifest(run: GkeRun) -> dict[str, Any]:
@@ -150,15 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cluster", default=None)
     parser.add_argument("--manifest", default=None, help="where to write the manifest (default: a temp file)")
     parser.add_argument("--dry_run", action="store_true")
+    libtpu_flags_argument(parser)
     parser.add_argument("--no_check", action="store_true",
                         help="skip the ahead-of-time compile check (python -m qwencoder_apps.aot) before provisioning")
     args = parser.parse_args(argv)
     run = GkeRun(name=args.name, image=args.image, accelerator=args.accelerator, num_slices=args.num_slices,
                  stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry, gin_files=tuple(args.gin_file),
                  workdir=args.workdir, cluster=args.cluster,
-                 topology=args.topology)
+                 topology=args.topology, libtpu_flags=args.libtpu_flags)
     check = None if args.no_check else aot_check_command(run.accelerator, run.num_slices, run.stage,
-                                                         run.gin_bindings, run.gin_files)
+                                                         run.gin_bindings, run.gin_files, run.libtpu_flags)
     if check and args.dry_run:
         print(shlex.join(check))
     elif check and run_aot_check(check, "gke"):

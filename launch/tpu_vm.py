@@ -28,7 +28,7 @@ from typing import Sequence
 from qwencoder_jax import cli_flags
 
 # launch/ is the script directory
-from tpu_slices import SliceType, aot_check_command, run_aot_check, stage_command
+from tpu_slices import SliceType, aot_check_command, libtpu_flags_argument, run_aot_check, stage_command
 
 JAX_VERSION = "0.10.2"
 REMOTE_DIR = "qwencoder-jax"
@@ -51,6 +51,7 @@ class TpuRun:
     entry: str = "qwencoder_apps.train"
     gin_files: tuple[str, ...] = ()  # more gin files after the stage (overlays), repository-relative
     workdir: str | None = None  # the trainer's --workdir on every worker
+    libtpu_flags: str = ""  # the workers' LIBTPU_INIT_ARGS (tpu_slices.libtpu_flags_argument)
     runtime_version: str | None = None
     spot: bool = False
     keep: bool = False
@@ -105,7 +106,7 @@ def remote(run: TpuRun, shell_command: str) -> list[str]:
 
 def run_command(run: TpuRun) -> list[str]:
     return remote(run, f"cd ~/{REMOTE_DIR} && " + stage_command(run.entry, run.stage, run.gin_bindings,
-                                                                  run.gin_files, run.workdir))
+                                                                  run.gin_files, run.workdir, run.libtpu_flags))
 
 
 def delete_command(run: TpuRun) -> list[str]:
@@ -162,16 +163,18 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     parser.add_argument("--spot", action="store_true")
     parser.add_argument("--keep", action="store_true", help="do not delete the TPUs at the end")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and run nothing")
+    libtpu_flags_argument(parser)
     parser.add_argument("--no_check", action="store_true",
                         help="skip the ahead-of-time compile check (python -m qwencoder_apps.aot) before provisioning")
     args = parser.parse_args(argv)
     run = TpuRun(name=args.name, project=args.project, zone=args.zone, accelerator=args.accelerator,
                  num_slices=args.num_slices, stage=args.stage, gin_bindings=tuple(args.gin), entry=args.entry,
                  gin_files=tuple(args.gin_file), workdir=args.workdir,
-                 runtime_version=args.runtime_version, spot=args.spot, keep=args.keep)
+                 runtime_version=args.runtime_version, spot=args.spot, keep=args.keep,
+                 libtpu_flags=args.libtpu_flags)
     run.slice  # fail early on an unknown accelerator
     check = None if args.no_check else aot_check_command(run.accelerator, run.num_slices, run.stage,
-                                                         run.gin_bindings, run.gin_files)
+                                                         run.gin_bindings, run.gin_files, run.libtpu_flags)
     return run, args.dry_run, check
 
 

@@ -2,7 +2,7 @@
 
     python -m qwencoder_apps.aot --topology v5p-256 [--num_slices 2] [--mode train|prefill|decode] \\
         --gin_file=gin/stages/stage1_file_level.gin --gin_file=gin/models/qwen2.5-coder-7b.gin \\
-        --gin.BATCH_SIZE=16 [--json report.json]
+        --gin.BATCH_SIZE=16 [--json report.json] [--libtpu_flags async_collectives]
 
 Prints a table (per-device HBM against the chip's, Mosaic kernels, collectives, compile time, FLOPs) and, last,
 one machine-readable line:  fits=yes per_device_gib=<f> hbm_gib=<f> mosaic_kernels=<n> compile_seconds=<f>
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from qwencoder_jax import cli_flags
+from qwencoder_jax.aot import libtpu_flags
 from qwencoder_jax.aot import topology as topology_lib
 
 GIB = 2**30
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--new_tokens", type=int, default=256, help="prefill/decode: cache slots after the prompt")
     parser.add_argument("--json", default=None, help="write the report here as JSON")
     parser.add_argument("--hlo", default=None, help="write the compiled program's HLO text here")
+    parser.add_argument("--libtpu_flags", default="",
+                        help="XLA TPU compiler flags, added to LIBTPU_INIT_ARGS: profile names (" +
+                             ", ".join(sorted(libtpu_flags.PROFILES)) + ") and/or --flag=value words")
     return parser
 
 
@@ -43,6 +48,7 @@ def table(report) -> str:
     gib = lambda n: f"{n / GIB:9.3f} GiB"  # noqa: E731
     rows = [("topology", f"{report.num_slices} x {report.topology} ({report.devices} devices, mesh {report.mesh})"),
             ("mode", report.mode),
+            ("libtpu flags", report.libtpu_flags or "(none)"),
             ("arguments", gib(report.argument_bytes)),
             ("  state (sharding table)", gib(report.state_bytes)),
             ("  inputs (sharding table)", gib(report.input_bytes)),
@@ -91,7 +97,8 @@ def _compile(parser, argv, topology):
 
     args, bindings = parse_with_gin_flags(parser, argv)
     return compile_lib.compile_stage(args.gin_file, bindings, topology, args.num_slices, args.mode,
-                                     args.prompt_length, args.new_tokens, hlo_path=args.hlo)
+                                     args.prompt_length, args.new_tokens, hlo_path=args.hlo,
+                                     libtpu_flags=args.libtpu_flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.num_slices < 1:
             raise ValueError(f"--num_slices must be >= 1, got {args.num_slices}")
         topology_lib.libtpu_path()
+        if libtpu_flags.combined(os.environ.get("LIBTPU_INIT_ARGS"), args.libtpu_flags):
+            topology_lib.check_flags(args.libtpu_flags)  # libtpu would end this process on a flag it does not know
     except (ValueError, topology_lib.LibtpuMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ accumulation, mesh, all from gin); splash attention lowers through Mosaic becaus
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from qwencoder_jax import sharding
 from qwencoder_jax.aot import hlo
+from qwencoder_jax.aot.libtpu_flags import combined
 from qwencoder_jax.aot.topology import Topology, compile_devices
 from qwencoder_jax.model import kv_cache
 from qwencoder_jax.model.attention import CACHE_AXES
@@ -64,6 +66,7 @@ class Report:
     out_of_memory: str | None = None  # the TPU compiler's own refusal (it stops before memory_analysis exists)
     loop_trip_counts: list = dataclasses.field(default_factory=list)  # the compiled while loops' (None: unread)
     program_fingerprint: str | None = None  # the compiled program apart from its constants (hlo.fingerprint)
+    libtpu_flags: str = ""  # LIBTPU_INIT_ARGS the compiler ran with
 
     @property
     def per_device_bytes(self) -> int:
@@ -165,15 +168,16 @@ def _inference_lowering(config, model, mesh, mode: str, batch_rows: int, prompt_
 
 
 def lower_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Topology, num_slices: int = 1,
-                mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256):
+                mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256,
+                libtpu_flags: str = ""):
     """The stage's program lowered for the topology (not compiled), the Report's figures known before compiling,
-    and the seconds lowering took."""
+    and the seconds lowering took. libtpu_flags: XLA TPU flags (a libtpu_flags.resolve spec)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     config = build_config(gin_files, bindings)
     if config.mesh.num_slices != num_slices:
         config = dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, num_slices=num_slices))
-    devices = compile_devices(topology, num_slices)
+    devices = compile_devices(topology, num_slices, libtpu_flags)
     mesh = sharding.make_mesh(config.mesh, devices=devices)
     model = Transformer(config.model)
     hosts = topology.hosts * num_slices
@@ -194,16 +198,17 @@ def lower_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Top
     common = dict(topology=topology.name, num_slices=num_slices, mode=mode, devices=len(devices),
                   mesh={name: int(size) for name, size in mesh.shape.items()}, hbm_bytes=topology.hbm_bytes_per_chip,
                   state_bytes=state_bytes, input_bytes=input_bytes,
-                  model_flops=flops_per_token * tokens / len(devices), tokens_per_step=tokens)
+                  model_flops=flops_per_token * tokens / len(devices), tokens_per_step=tokens,
+                  libtpu_flags=combined(os.environ.get("LIBTPU_INIT_ARGS"), libtpu_flags))
     return lowered, common, time.perf_counter() - start
 
 
 def compile_stage(gin_files: Sequence[str], bindings: Sequence[str], topology: Topology, num_slices: int = 1,
                   mode: str = "train", prompt_length: int | None = None, new_tokens: int = 256,
-                  hlo_path: str | None = None) -> Report:
+                  hlo_path: str | None = None, libtpu_flags: str = "") -> Report:
     """The Report of the compiled program; hlo_path: also write the compiled HLO text there."""
     lowered, common, lowering_seconds = lower_stage(gin_files, bindings, topology, num_slices, mode, prompt_length,
-                                                    new_tokens)
+                                                    new_tokens, libtpu_flags)
     start = time.perf_counter() - lowering_seconds
     try:
         compiled = lowered.compile()

@@ -22,6 +22,7 @@ _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%([^\s=]+) = (.+?) ([a-z][a-z0-9\-]*)\
 _CALLEE = re.compile(r"\b(calls|to_apply|condition|body)=%([^\s,)}]+)")
 _CALLEE_LISTS = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _CONSTANT = re.compile(r"(?<=\bdense<)[^>]*(?=>)|(?<= constant\()[^()]*(?=\))")
 
 
@@ -147,10 +148,47 @@ def _reduce_scatter_fusion(instruction: Instruction) -> bool:
         or any(callee.startswith("all-reduce-scatter") for _, callee in _callees(instruction)))
 
 
+def _collective_kind(instruction: Instruction) -> tuple[str | None, str]:
+    """(kind, result type) of a collective instruction; (None, "") for anything else."""
+    if _reduce_scatter_fusion(instruction):
+        return "reduce-scatter", instruction.type
+    kind = instruction.opcode.removesuffix("-start")
+    if kind not in COLLECTIVES:
+        return None, ""
+    if instruction.opcode in _TUPLE_STARTS and instruction.type.startswith("("):
+        elements = _split_top(instruction.type[1:-1], comma=True)
+        return kind, elements[1] if len(elements) > 1 else instruction.type
+    return kind, instruction.type
+
+
+def _async_key(kind: str, instruction: Instruction) -> tuple[str, str] | None:
+    channel = _CHANNEL.search(instruction.rest)
+    return (kind, channel.group(1)) if channel else None
+
+
+def _async_starts(computations: dict[str, list[Instruction]]) -> set[tuple[str, str]]:
+    """(kind, channel_id) of the collectives libtpu's async collective fusion starts (AsyncCollectiveStart)."""
+    keys = set()
+    for instructions in computations.values():
+        if any('custom_call_target="AsyncCollectiveStart"' in i.rest for i in instructions):
+            keys |= {_async_key(kind, i) for i in instructions for kind in [_collective_kind(i)[0]] if kind}
+    return keys - {None}
+
+
+def _async_continuation(name: str, instructions: list[Instruction]) -> bool:
+    """A computation that carries an already started async collective on (its continuation or its done part)."""
+    texts = [i.rest for i in instructions]
+    return (not any('custom_call_target="AsyncCollectiveStart"' in t for t in texts)
+            and (name.startswith("async_collective_fusion")
+                 or any('custom_call_target="AsyncCollectiveDone"' in t for t in texts)))
+
+
 def collectives(text: str) -> tuple[dict[str, dict[str, int]], list]:
     """Collectives by kind, {"count": executions, "bytes": bytes of their results} per device per step, with ops in
     loop bodies counted once per iteration; and the while loops' trip counts. A reduce-scatter fusion counts as
-    one reduce-scatter of its (scattered) results, not as the all-reduce inside it."""
+    one reduce-scatter of its (scattered) results, not as the all-reduce inside it. An async collective fusion
+    (libtpu's async collective flags) repeats its collective in its start, continuation and done computations under
+    one channel_id: it counts once, at its start."""
     computations, entry = parse(text)
     figures = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
     if entry is None:
@@ -158,20 +196,16 @@ def collectives(text: str) -> tuple[dict[str, dict[str, int]], list]:
     times, trips = multiplicities(computations, entry)
     inside_fusions = {callee for instructions in computations.values() for i in instructions
                       if _reduce_scatter_fusion(i) for _, callee in _callees(i)}
+    started = _async_starts(computations)
     for name, instructions in computations.items():
         weight = times.get(name, 0)
         if not weight or name in inside_fusions:
             continue
+        continuation = _async_continuation(name, instructions)
         for instruction in instructions:
-            kind = instruction.opcode.removesuffix("-start")
-            type_text = instruction.type
-            if _reduce_scatter_fusion(instruction):
-                kind = "reduce-scatter"
-            elif kind not in COLLECTIVES:
+            kind, type_text = _collective_kind(instruction)
+            if kind is None or (continuation and _async_key(kind, instruction) in started):
                 continue
-            elif instruction.opcode in _TUPLE_STARTS and type_text.startswith("("):
-                elements = _split_top(type_text[1:-1], comma=True)
-                type_text = elements[1] if len(elements) > 1 else type_text
             figures[kind]["count"] += weight
             figures[kind]["bytes"] += weight * _bytes(type_text)
     return figures, trips

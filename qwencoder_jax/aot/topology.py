@@ -14,8 +14,11 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+from qwencoder_jax.aot import libtpu_flags as flags_lib
 
 # family -> (TensorCores counted per chip in the type name, topology-description prefix, HBM GiB per chip,
 # peak bf16 dense TFLOP/s per chip) -- Google Cloud's TPU system-architecture pages.
@@ -36,6 +39,9 @@ INSTALL_HINT = ("libtpu is not installed: run scripts/setup.sh (x86-64 Linux), o
 
 class LibtpuMissing(RuntimeError):
     pass
+
+
+_loaded_with: str | None = None  # LIBTPU_INIT_ARGS when libtpu loaded in this process (it reads them only then)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,21 +120,45 @@ def log_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwencoder_jax" / "libtpu_logs"
 
 
-def compile_devices(topology: Topology, num_slices: int = 1) -> list:
-    """The slice's TPU devices (num_slices slices of it), good for compiling only."""
+def compile_devices(topology: Topology, num_slices: int = 1, libtpu_flags: str = "") -> list:
+    """The slice's TPU devices (num_slices slices of it), good for compiling only. libtpu_flags (a
+    libtpu_flags.resolve spec) are added to LIBTPU_INIT_ARGS; libtpu reads them when it first loads, so one process
+    compiles with one set: another set raises ValueError."""
+    global _loaded_with
     path = libtpu_path()
+    effective = flags_lib.combined(os.environ.get("LIBTPU_INIT_ARGS"), libtpu_flags)
+    if _loaded_with is not None and effective != _loaded_with:
+        raise ValueError(f"libtpu already loaded in this process with LIBTPU_INIT_ARGS={_loaded_with!r}; it reads "
+                         f"its flags only when it loads, so {effective!r} needs a new process")
     # jax only here: topology names and libtpu are checked before any heavy import
     from jax.experimental import topologies
 
     # a one-chip slice is not divisible into libtpu's default 2x2x1 chips per host
     bounds = {"chips_per_host_bounds": (1, 1, 1)} if topology.chips == 1 else {}
-    with _compile_only_environment(path, topology):
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.description,
-                                                 num_slices=num_slices, **bounds).devices)
+    with _compile_only_environment(path, topology, effective):
+        devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology.description,
+                                                    num_slices=num_slices, **bounds).devices)
+    _loaded_with = effective
+    return devices
+
+
+def check_flags(libtpu_flags: str) -> None:
+    """ValueError naming what libtpu refuses in these flags (with LIBTPU_INIT_ARGS), found in a child process:
+    libtpu ends the whole process on an unknown flag, which a caller would read as "does not fit"."""
+    probe = ("import sys; from qwencoder_jax.aot import topology as t; "
+             "t.compile_devices(t.parse('v5litepod-1'), 1, sys.argv[1])")
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, wherever the caller runs from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    result = subprocess.run([sys.executable, "-c", probe, libtpu_flags], capture_output=True, text=True, env=env)
+    if result.returncode:
+        lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+        refused = [line for line in lines if "flag" in line.lower()] or lines[-1:] or [f"exit {result.returncode}"]
+        flags = flags_lib.combined(os.environ.get("LIBTPU_INIT_ARGS"), libtpu_flags)
+        raise ValueError(f"libtpu refuses the flags {flags!r}: {refused[0]}")
 
 
 @contextlib.contextmanager
-def _compile_only_environment(path: str, topology: Topology):
+def _compile_only_environment(path: str, topology: Topology, libtpu_init_args: str):
     """libtpu's settings while it describes the slice, then the environment as it was: left behind, the TPU-VM
     variables would make this process (and its children: launchers, tests) look like a TPU pod worker."""
     settings = {
@@ -140,11 +170,12 @@ def _compile_only_environment(path: str, topology: Topology):
         # test's subprocess) fails with "Internal error when accessing libtpu multi-process lockfile"; nothing here
         # touches a TPU, so processes need not exclude each other
         "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
-        "TPU_LOG_DIR": str(log_dir())}
+        "TPU_LOG_DIR": str(log_dir()),
+        "LIBTPU_INIT_ARGS": libtpu_init_args}
     Path(settings["TPU_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update({name: value for name, value in settings.items()
-                       if name == "TPU_LIBRARY_PATH" or before[name] is None})
+                       if name in ("TPU_LIBRARY_PATH", "LIBTPU_INIT_ARGS") or before[name] is None})
     try:
         yield
     finally:

@@ -67,6 +67,45 @@ def test_an_unreadable_trip_count_counts_the_body_once():
     assert trips == [None, 3] and figures["all-gather"]["count"] == 1 + 3
 
 
+ASYNC_MODULE = """HloModule step
+
+%start.1 (w: bf16[8,128]) -> (bf16[8,128], bf16[64,128], u32[]) {
+  %w = bf16[8,128]{1,0} parameter(0)
+  %ag.1 = bf16[64,128]{1,0} all-gather(%w), channel_id=7, dimensions={0}
+  ROOT %s = (bf16[8,128]{1,0}, bf16[64,128]{1,0}, u32[]) custom-call(%ag.1), custom_call_target="AsyncCollectiveStart"
+}
+
+%async_collective_fusion.1 (w: bf16[8,128], x: f32[16,16]) -> (f32[16,16], bf16[64,128]) {
+  %w = bf16[8,128]{1,0} parameter(0)
+  %x = f32[16,16]{1,0} parameter(1)
+  %ag.2 = bf16[64,128]{1,0} all-gather(%w), channel_id=7, dimensions={0}
+  ROOT %t = (f32[16,16]{1,0}, bf16[64,128]{1,0}) tuple(%x, %ag.2)
+}
+
+%done.1 (w: bf16[8,128]) -> bf16[64,128] {
+  %w = bf16[8,128]{1,0} parameter(0)
+  %ag.3 = bf16[64,128]{1,0} all-gather(%w), channel_id=7, dimensions={0}
+  ROOT %d = bf16[64,128]{1,0} custom-call(%w, %ag.3), custom_call_target="AsyncCollectiveDone"
+}
+
+ENTRY %main (w: bf16[8,128], x: f32[16,16]) -> (f32[16,16], bf16[64,128]) {
+  %w = bf16[8,128]{1,0} parameter(0)
+  %x = f32[16,16]{1,0} parameter(1)
+  %start = (bf16[8,128]{1,0}, bf16[64,128]{1,0}, u32[]) fusion(%w), kind=kCustom, calls=%start.1
+  %other = bf16[64,128]{1,0} all-gather(%w), channel_id=7, dimensions={0}
+  %busy = (f32[16,16]{1,0}, bf16[64,128]{1,0}) fusion(%w, %x), kind=kCustom, calls=%async_collective_fusion.1
+  ROOT %done = bf16[64,128]{1,0} fusion(%w), kind=kCustom, calls=%done.1
+}
+"""
+
+
+def test_an_async_collective_fusion_counts_its_collective_once():
+    """libtpu's async collective fusion repeats one all-gather (one channel_id) in its start, continuation and done
+    computations; another collective that reuses the channel id (XLA TPU does) still counts."""
+    figures, _ = hlo.collectives(ASYNC_MODULE)
+    assert figures["all-gather"] == {"count": 2, "bytes": 2 * 64 * 128 * 2}  # the async one, and %other
+
+
 def test_fingerprints_ignore_constant_values_only():
     other = MODULE.replace("constant(5)", "constant(7)")
     assert hlo.fingerprint(other) == hlo.fingerprint(MODULE)

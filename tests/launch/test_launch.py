@@ -174,3 +174,41 @@ def test_launchers_check_ahead_of_time_first_unless_told_not_to(capsys):
         assert args.gin_file == ["gin/stages/stage1_file_level.gin"] and bindings == ["MESH_SHAPE = (1,-1,1,1)"]
         assert module.main(argv + ["--dry_run", "--no_check"]) == 0
         assert "qwencoder_apps.aot" not in capsys.readouterr().out
+
+
+def test_libtpu_flags_reach_the_check_and_every_worker_alike(capsys, tmp_path, monkeypatch):
+    """--libtpu_flags (default: this shell's LIBTPU_INIT_ARGS) is resolved once: the check compiles with it and every
+    worker runs with it as LIBTPU_INIT_ARGS, and the worker command still goes through the train CLI."""
+    from qwencoder_apps.aot import _parser
+    from qwencoder_apps.train import parse_with_gin_flags
+    from qwencoder_jax.aot import libtpu_flags
+
+    resolved = libtpu_flags.resolve("async_collectives --xla_extra=1")
+    monkeypatch.delenv("LIBTPU_INIT_ARGS", raising=False)
+    pod = ["--workdir", "gs://b/runs/s1"] + POD_FLAGS
+    for module, argv in ((tpu_vm, COMMON[:-2] + pod), (gke, ["--name", "c", "--image", "i", "--xpk", "--cluster",
+                                                           "c1"] + pod)):
+        assert module.main(argv + ["--dry_run", "--libtpu_flags", "async_collectives --xla_extra=1"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        args, _ = parse_with_gin_flags(_parser(), shlex.split(lines[0])[3:])
+        assert args.libtpu_flags == resolved
+        worker = next(shlex.split(line)[-1] for line in lines if "qwencoder_apps.train" in line)
+        worker = worker.removeprefix("--command=").split(" && ")[-1]
+        words = shlex.split(worker)
+        assert words[0] == f"LIBTPU_INIT_ARGS={resolved}" and words[1:4] == ["python", "-m", "qwencoder_apps.train"]
+        assert train_cli_accepts(worker, tmp_path, monkeypatch).workdir == "gs://b/runs/s1"
+    monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_from_shell=1")
+    assert tpu_vm.main(COMMON + ["--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "--libtpu_flags=--xla_from_shell=1" in lines[0] and "LIBTPU_INIT_ARGS=--xla_from_shell=1 python" in lines[-2]
+    monkeypatch.delenv("LIBTPU_INIT_ARGS")
+    assert tpu_vm.main(COMMON + ["--dry_run"]) == 0
+    assert "LIBTPU_INIT_ARGS" not in capsys.readouterr().out  # none given, none set
+
+
+def test_a_bad_libtpu_flags_spec_is_one_line(capsys):
+    import pytest
+    with pytest.raises(SystemExit) as stop:
+        tpu_vm.main(COMMON + ["--dry_run", "--libtpu_flags", "fast"])
+    assert stop.value.code == 2
+    assert "argument --libtpu_flags: libtpu flags: 'fast' is neither a profile" in capsys.readouterr().err
