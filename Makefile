@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-slow test-all bench bench-decode bench-data aot-table bench-maxtext-aot data-stdlib clean
+.PHONY: setup demo test test-slow test-all bench bench-decode bench-data aot-table bench-aot-flags bench-maxtext-aot data-stdlib clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,10 @@ bench-decode: setup
 # Every shipped stage x the six presets compiled ahead of time for its TPU slice (docs/tpu_aot.md; hours on 2 cores).
 aot-table: setup
 	$(PY) benchmarks/aot_table.py --out docs/aot_table.md
+
+# The largest presets on their slices, as shipped and with --libtpu_flags async_collectives (docs/tpu_aot.md).
+bench-aot-flags: setup
+	$(PY) benchmarks/aot_flags.py --presets 7b,14b,32b
 
 bench-maxtext-aot: setup
 	$(PY) benchmarks/maxtext_aot.py

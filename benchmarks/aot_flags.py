@@ -1,6 +1,8 @@
 """XLA TPU flags side by side: each preset's stage compiled for its recommended slice (benchmarks/aot_table.py's
 SLICES) as shipped and with a libtpu flags spec, one after the other, printing per-device HBM and the
-collectives per device per step of both, and the ratios (flags / shipped).
+collectives per device per step of both, and the ratios (flags / shipped). Result bytes are what the collectives
+produce; "ring traffic" estimates what each device sends, by the ring algorithms' costs: an all-reduce sends about
+twice its bytes (a reduce-scatter, then an all-gather), the others about their result bytes.
 
     python benchmarks/aot_flags.py [--flags async_collectives] [--presets 7b,14b,32b] [--stage stage1_file_level]
 
@@ -12,9 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aot_table import PRESETS, SLICES, run_row
+from aot_table import PRESETS, SLICES, STAGES, run_row
 
 from qwencoder_jax import cli_flags
+from qwencoder_jax.aot import libtpu_flags
 
 GIB = 2**30
 KINDS = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute")
@@ -42,6 +45,12 @@ def main(argv=None) -> int:
     presets = args.presets.split(",")
     if set(presets) - set(PRESETS):
         parser.error(f"unknown preset {', '.join(sorted(set(presets) - set(PRESETS)))}; presets {PRESETS}")
+    if args.stage not in STAGES:
+        parser.error(f"unknown stage {args.stage}; stages {STAGES}")
+    try:
+        libtpu_flags.resolve(args.flags)
+    except ValueError as error:
+        parser.error(str(error))
     status = 0
     for preset in presets:
         shipped, flagged = run_row(args.stage, preset), run_row(args.stage, preset, args.flags)
@@ -49,10 +58,15 @@ def main(argv=None) -> int:
         print(line("shipped", shipped))
         print(line("flags", flagged))
         if "per_device_bytes" in shipped and "per_device_bytes" in flagged:
-            moved = {row_name: sum(row["collectives"][kind]["bytes"] for kind in KINDS)
-                     for row_name, row in (("shipped", shipped), ("flags", flagged))}
+            moved = {name: sum(row["collectives"][kind]["bytes"] for kind in KINDS) for name, row in
+                     (("shipped", shipped), ("flags", flagged))}
+            ring = {name: moved[name] + row["collectives"]["all-reduce"]["bytes"] for name, row in
+                    (("shipped", shipped), ("flags", flagged))}
+            print(f"  ring traffic per device per step: shipped {ring['shipped'] / GIB:.2f} GiB, flags "
+                  f"{ring['flags'] / GIB:.2f} GiB")
             print(f"  ratio     per-device HBM {ratio(flagged['per_device_bytes'], shipped['per_device_bytes'])}, "
-                  f"collective result bytes {ratio(moved['flags'], moved['shipped'])}", flush=True)
+                  f"collective result bytes {ratio(moved['flags'], moved['shipped'])}, ring traffic "
+                  f"{ratio(ring['flags'], ring['shipped'])}", flush=True)
         else:
             status = 1
     return status
