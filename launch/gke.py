@@ -24,17 +24,15 @@ from typing import Any, Sequence
 import yaml
 
 from qwencoder_jax import cli_flags
+from qwencoder_jax.aot import topology as topology_lib
 
 # launch/ is the script directory
-from tpu_slices import SliceType, aot_check_command, libtpu_flags_argument, run_aot_check, stage_command
+from tpu_slices import (SliceType, accelerator_argument, aot_check_command, libtpu_flags_argument,
+                        run_aot_check, stage_command)
 
 # accelerator family -> GKE node selector value (slice geometry: tpu_slices.py)
 NODE_SELECTORS = {"v4": "tpu-v4-podslice", "v5p": "tpu-v5p-slice", "v5litepod": "tpu-v5-lite-podslice",
                   "v6e": "tpu-v6e-slice"}
-# chips -> physical topology for the 3D-torus families (v4, v5p); 2D families use the `2D` table
-TOPOLOGY_3D = {8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8",
-               1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
-TOPOLOGY_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 MEGASCALE_PORT = 8080
 
 
@@ -58,13 +56,8 @@ class GkeRun:
         return SliceType(self.accelerator)
 
     def physical_topology(self) -> str:
-        if self.topology:
-            return self.topology
-        chips = self.slice.chips
-        table = TOPOLOGY_3D if self.slice.family in ("v4", "v5p") else TOPOLOGY_2D
-        if chips not in table:
-            raise ValueError(f"no default topology for {self.accelerator} ({chips} chips); pass --topology")
-        return table[chips]
+        """The slice's chip grid (e.g. 4x4x8), as the AOT check compiles for it, unless --topology says otherwise."""
+        return self.topology or topology_lib.parse(self.accelerator).grid
 
     def train_command(self) -> str:
         return stage_command(self.entry, self.stage, self.gin_bindings, self.gin_files, self.workdir,
@@ -138,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = cli_flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True)
     parser.add_argument("--image", required=True)
-    parser.add_argument("--accelerator", default="v5p-256")
+    accelerator_argument(parser)
     parser.add_argument("--num_slices", type=int, default=1)
     parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[])

@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from qwencoder_jax.aot import libtpu_flags as libtpu_flags_lib
+from qwencoder_jax.aot import topology as topology_lib
 
 # family -> (TensorCores per chip counted in the type's number, chips per host)
 GEOMETRY = {"v4": (2, 4), "v5p": (2, 4), "v5litepod": (1, 4), "v6e": (1, 4)}
@@ -52,6 +53,19 @@ def _resolved_flags(spec: str) -> str:
         return libtpu_flags_lib.resolve(spec)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _known_slice(name: str) -> str:
+    try:
+        topology_lib.parse(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
+
+
+def accelerator_argument(parser) -> None:
+    parser.add_argument("--accelerator", type=_known_slice, default="v5p-256",
+                        help="the TPU slice type, e.g. v5p-256 (v4-N and v5p-N count TensorCores, two per chip)")
 
 
 def libtpu_flags_argument(parser) -> None:

@@ -28,7 +28,8 @@ from typing import Sequence
 from qwencoder_jax import cli_flags
 
 # launch/ is the script directory
-from tpu_slices import SliceType, aot_check_command, libtpu_flags_argument, run_aot_check, stage_command
+from tpu_slices import (SliceType, accelerator_argument, aot_check_command, libtpu_flags_argument,
+                        run_aot_check, stage_command)
 
 JAX_VERSION = "0.10.2"
 REMOTE_DIR = "qwencoder-jax"
@@ -150,7 +151,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[TpuRun, bool]:
     parser.add_argument("--name", required=True)
     parser.add_argument("--project", required=True)
     parser.add_argument("--zone", required=True)
-    parser.add_argument("--accelerator", default="v5p-256")
+    accelerator_argument(parser)
     parser.add_argument("--num_slices", type=int, default=1)
     parser.add_argument("--stage", default="gin/stages/stage1_file_level.gin")
     parser.add_argument("--gin", action="append", default=[], help="gin binding, e.g. MESH_SHAPE='(1,-1,1,1)'")

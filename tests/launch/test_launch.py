@@ -58,10 +58,18 @@ def test_tpu_vm_two_slices(capsys):
     assert "--gin.NUM_SLICES=2" in lines[-2]
 
 
-def test_tpu_vm_rejects_unknown_accelerator():
+def test_launchers_reject_an_unknown_accelerator_in_one_line(capsys):
+    """A slice type the TPU topologies do not have (a typo, an odd TensorCore count) is an argument error naming
+    the known types, not a traceback."""
     import pytest
-    with pytest.raises(ValueError, match="unknown TPU accelerator 'v9-8'"):
-        tpu_vm.parse(["--name", "x", "--project", "p", "--zone", "z", "--accelerator", "v9-8", "--workdir", "w"])
+    for module, argv in ((tpu_vm, ["--name", "x", "--project", "p", "--zone", "z", "--workdir", "w"]),
+                         (gke, ["--name", "x", "--image", "i", "--workdir", "w"])):
+        for name in ("v9-8", "v5p-7"):
+            with pytest.raises(SystemExit) as stop:
+                module.main(argv + ["--accelerator", name, "--dry_run"])
+            error = capsys.readouterr().err
+            assert stop.value.code == 2 and "Traceback" not in error
+            assert f"argument --accelerator: unknown TPU topology '{name}'; known: " in error and "v5p-256" in error
 
 
 def test_gke_jobset_single_slice(capsys):
